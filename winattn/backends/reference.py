@@ -1,0 +1,97 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The reference backend: plain PyTorch, written to be read. It is the specification that
+every other backend is tested against.
+
+Step by step, as in Swin and the official STF code:
+
+1. pad the map at the bottom and right to a multiple of the window with padding tokens
+   (a padding token's qkv is `pad_qkv`, the projection of a zero token);
+2. roll the padded map by `(-sh, -sw)` (the cyclic shift);
+3. cut it into windows of `N = Wh * Ww` tokens and split q, k, v and the heads;
+4. logits `(q * scale) @ k^T + bias`, plus the shifted-window mask (-100 between tokens of
+   different bands, padding tokens not masked);
+5. softmax in (at least) float32, dropout, weights @ v;
+6. merge the windows, roll back by `(sh, sw)`, crop to `(H, W)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from winattn.backends import AttentionCall, Backend, register_backend
+from winattn.functional import geometry_mask
+
+
+def pad_map(qkv: Tensor, padded: tuple[int, int], pad_qkv: Tensor | None) -> Tensor:
+    """Pads `(B, H, W, C3)` to `(B, Hp, Wp, C3)` with copies of `pad_qkv` (zeros if None)."""
+    b, h, w, c3 = qkv.shape
+    hp, wp = padded
+    if (hp, wp) == (h, w):
+        return qkv
+    if pad_qkv is None:
+        return F.pad(qkv, (0, 0, 0, wp - w, 0, hp - h))
+    pad = pad_qkv.to(qkv.dtype)
+    right = pad.expand(b, h, wp - w, c3)  # (B, H, Wp-W, C3)
+    qkv = torch.cat([qkv, right], dim=2)  # (B, H, Wp, C3)
+    bottom = pad.expand(b, hp - h, wp, c3)  # (B, Hp-H, Wp, C3)
+    return torch.cat([qkv, bottom], dim=1)  # (B, Hp, Wp, C3)
+
+
+def reference_window_attention(call: AttentionCall) -> Tensor:
+    """The specification of `window_attention`. Returns `(B, H, W, C)`."""
+    qkv = call.qkv
+    b, h, w, _ = qkv.shape
+    (wh, ww), (sh, sw) = call.window_size, call.shift_size
+    hp, wp = call.padded
+
+    x = pad_map(qkv, (hp, wp), call.pad_qkv)  # (B, Hp, Wp, 3C)
+    if call.shifted:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    q, k, v = rearrange(
+        x,
+        "b (nh wh) (nw ww) (three heads d) -> three (b nh nw) heads (wh ww) d",
+        wh=wh,
+        ww=ww,
+        three=3,
+        heads=call.num_heads,
+    )  # each (B*nW, heads, N, d)
+
+    logits = (q * call.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
+    bias = call.dense_bias()
+    if bias is not None:
+        logits = logits + bias  # bias: (heads, N, N)
+    if call.shifted:
+        mask = geometry_mask((hp, wp), (wh, ww), (sh, sw), qkv.device)  # (nW, N, N)
+        logits = rearrange(logits, "(b nw) heads n m -> b nw heads n m", b=b)
+        logits = logits + mask[None, :, None].to(logits.dtype)
+        logits = rearrange(logits, "b nw heads n m -> (b nw) heads n m")
+
+    weights = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    weights = weights.to(qkv.dtype)
+    if call.dropout_p > 0:
+        weights = F.dropout(weights, p=call.dropout_p, training=True)
+    out = weights @ v  # (B*nW, heads, N, d)
+
+    out = rearrange(
+        out,
+        "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
+        b=b,
+        nh=hp // wh,
+        wh=wh,
+    )  # (B, Hp, Wp, C)
+    if call.shifted:
+        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+    return out[:, :h, :w]
+
+
+@register_backend
+class ReferenceBackend(Backend):
+    """Plain PyTorch. Runs everything, on every device; slow but obviously right."""
+
+    name = "reference"
+
+    def forward(self, call: AttentionCall) -> Tensor:
+        return reference_window_attention(call)

@@ -1,0 +1,502 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Modules: window attention, shifted window attention, the Swin block, and the paper's
+window-attention block for CNN codecs.
+
+Modules own parameters, projections and layout; all attention math goes through
+`winattn.functional.window_attention`, which picks the backend at call time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from winattn._utils import to_pair
+from winattn.functional import _check_map, _check_shift, relative_position_index, window_attention
+
+__all__ = [
+    "WindowAttention",
+    "ShiftedWindowAttention",
+    "SwinBlock",
+    "WindowAttentionBlock",
+    "Mlp",
+    "DropPath",
+    "ResidualUnit",
+]
+
+
+def _check_dim_heads(dim: int, num_heads: int) -> None:
+    for name, value in (("dim", dim), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
+    if dim % num_heads:
+        raise ValueError(
+            f"dim must be divisible by num_heads, got {dim=}, {num_heads=}; pick num_heads "
+            f"among the divisors of {dim}."
+        )
+
+
+def _check_backend(backend: str | None) -> None:
+    if backend is not None:
+        from winattn.backends import _check_name
+
+        _check_name(backend, "backend=")
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside (shifted) windows of a channels-last map.
+
+    Pads the map at the bottom and right to a multiple of the window, applies the cyclic shift
+    and Swin's mask (value -100; padding tokens are not masked, as in the official STF code),
+    attends inside every window with a learned relative position bias, reverses the shift and
+    crops back. Any `H, W >= 1` works.
+
+    Parameter names follow Swin (timm, STF): `qkv`, `proj`, `relative_position_bias_table`.
+    `relative_position_index` is a non-persistent buffer; a checkpoint that carries one still
+    loads with `strict=True` once it is checked to match.
+
+    Args:
+        dim: channels `C` of the input and output.
+        num_heads: attention heads; `dim` must be divisible by it.
+        window_size: `Wh` or `(Wh, Ww)`.
+        shift_size: `sh` or `(sh, sw)`, each in `[0, window)`; 0 means plain windows.
+        qkv_bias: whether the qkv projection has a bias.
+        qk_scale: logit scale; defaults to `head_dim ** -0.5`.
+        attn_drop: dropout on the attention weights (training only).
+        proj_drop: dropout after the output projection.
+        rel_pos_bias: whether to learn a relative position bias.
+        backend: a backend name to use for this module; None follows the global choice.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Shapes:
+        x: `(B, H, W, C)` -> `(B, H, W, C)`.
+
+    Example:
+        >>> attn = WindowAttention(dim=64, num_heads=4, window_size=8, shift_size=4)
+        >>> attn(torch.randn(2, 30, 45, 64)).shape
+        torch.Size([2, 30, 45, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] = 0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rel_pos_bias: bool = True,
+        backend: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dim_heads(dim, num_heads)
+        self.window_size = to_pair(window_size, "window_size")
+        self.shift_size = to_pair(shift_size, "shift_size", allow_zero=True)
+        _check_shift(self.window_size, self.shift_size)
+        for name, p in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {name}={p!r}.")
+        _check_backend(backend)
+        factory = {"device": device, "dtype": dtype}
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+        self.backend = backend
+
+        wh, ww = self.window_size
+        if rel_pos_bias:
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads, **factory)
+            )  # ((2Wh-1)(2Ww-1), heads)
+            self.register_buffer(
+                "relative_position_index",
+                relative_position_index(self.window_size, device=device),
+                persistent=False,
+            )  # (N, N)
+        else:
+            self.register_parameter("relative_position_bias_table", None)
+            self.relative_position_index = None
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **factory)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, **factory)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Swin's initialisation of the bias table: truncated normal, std 0.02."""
+        if self.relative_position_bias_table is not None:
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02, a=-0.04, b=0.04)
+
+    def forward(self, x: Tensor, backend: str | None = None) -> Tensor:
+        """Args:
+            x: `(B, H, W, C)`.
+            backend: per-call backend override (beats the module's own).
+
+        Returns:
+            `(B, H, W, C)`.
+        """
+        _check_map(x, "x")
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"x has {x.shape[-1]} channels but this module was built with dim={self.dim}; "
+                f"x must be (B, H, W, {self.dim}) (for NCHW input, permute(0, 2, 3, 1) first)."
+            )
+        out = window_attention(
+            self.qkv(x),  # (B, H, W, 3C)
+            self.num_heads,
+            self.window_size,
+            self.shift_size,
+            bias_table=self.relative_position_bias_table,
+            scale=self.scale,
+            pad_qkv=self.qkv.bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            backend=backend or self.backend,
+        )  # (B, H, W, C)
+        return self.proj_drop(self.proj(out))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Swin/STF checkpoints saved relative_position_index as a persistent buffer. Accept it
+        # (so strict loading works) after checking that it is the index this module uses.
+        key = prefix + "relative_position_index"
+        if key in state_dict:
+            given = state_dict.pop(key)
+            ours = relative_position_index(self.window_size)
+            if self.relative_position_index is None or tuple(given.shape) != tuple(ours.shape) or not torch.equal(given.cpu().long(), ours):
+                raise ValueError(
+                    f"{key} in the checkpoint does not match this module (window_size="
+                    f"{self.window_size}, rel_pos_bias={self.relative_position_index is not None}): "
+                    f"checkpoint shape {tuple(given.shape)}; build the module with the "
+                    f"checkpoint's window size."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
+            f"shift_size={self.shift_size}"
+        )
+        if self.relative_position_bias_table is None:
+            s += ", rel_pos_bias=False"
+        if self.attn_drop:
+            s += f", attn_drop={self.attn_drop}"
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class ShiftedWindowAttention(WindowAttention):
+    """`WindowAttention` with `shift_size` defaulting to `window_size // 2` (Swin's SW-MSA).
+
+    Shapes:
+        x: `(B, H, W, C)` -> `(B, H, W, C)`.
+
+    Example:
+        >>> attn = ShiftedWindowAttention(dim=32, num_heads=2, window_size=7)
+        >>> attn.shift_size
+        (3, 3)
+        >>> attn(torch.randn(1, 20, 20, 32)).shape
+        torch.Size([1, 20, 20, 32])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if shift_size is None:
+            wh, ww = to_pair(window_size, "window_size")
+            shift_size = (wh // 2, ww // 2)
+        super().__init__(dim, num_heads, window_size, shift_size, **kwargs)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training.
+
+    Shapes:
+        x: `(B, ...)` -> `(B, ...)`.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_prob=}.")
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """Two linear layers with an activation between, as in Swin (`fc1`, `act`, `fc2`).
+
+    Shapes:
+        x: `(..., in_features)` -> `(..., out_features)`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features, **factory)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features, **factory)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm transformer block with (shifted) window attention, as in Swin and STF.
+
+    `x + attn(norm1(x))`, then `x + mlp(norm2(x))`, with stochastic depth on both branches.
+    State-dict names: `norm1`, `attn.*`, `norm2`, `mlp.fc1`, `mlp.fc2`.
+
+    Args:
+        dim: channels `C`.
+        num_heads: attention heads.
+        window_size: `Wh` or `(Wh, Ww)`.
+        shift_size: `sh` or `(sh, sw)`; Swin alternates 0 and `window_size // 2`.
+        mlp_ratio: hidden width of the MLP over `dim`.
+        qkv_bias: whether the qkv projection has a bias.
+        drop: dropout after the projections and in the MLP.
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic depth rate.
+        act_layer: activation of the MLP.
+        norm_layer: normalisation layer, built as `norm_layer(dim)`.
+        backend: backend for this block's attention; None follows the global choice.
+        qk_scale: logit scale; defaults to `head_dim ** -0.5`.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Shapes:
+        x: `(B, H, W, C)` -> `(B, H, W, C)`.
+
+    Example:
+        >>> block = SwinBlock(dim=48, num_heads=3, window_size=4, shift_size=2)
+        >>> block(torch.randn(1, 17, 9, 48)).shape
+        torch.Size([1, 17, 9, 48])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        backend: str | None = None,
+        qk_scale: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio=}.")
+        factory = {"device": device, "dtype": dtype}
+        self.dim = dim
+        self.norm1 = norm_layer(dim, **factory)
+        self.attn = WindowAttention(
+            dim,
+            num_heads,
+            window_size,
+            shift_size,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            backend=backend,
+            **factory,
+        )
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = norm_layer(dim, **factory)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **factory)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: `(B, H, W, C)`.
+
+        Returns:
+            `(B, H, W, C)`.
+        """
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def _conv(in_ch: int, out_ch: int, k: int, factory: dict[str, Any]) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=k, padding=k // 2, **factory)
+
+
+class ResidualUnit(nn.Module):
+    """`GELU(x + conv(x))` with `conv` = 1x1 (N -> N/2), GELU, 3x3, GELU, 1x1 (N/2 -> N).
+
+    The residual unit of the paper's window-attention block (`conv.0`, `conv.2`, `conv.4`).
+
+    Shapes:
+        x: `(B, N, H, W)` -> `(B, N, H, W)`.
+    """
+
+    def __init__(
+        self, channels: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        half = channels // 2
+        self.conv = nn.Sequential(
+            _conv(channels, half, 1, factory),
+            nn.GELU(),
+            _conv(half, half, 3, factory),
+            nn.GELU(),
+            _conv(half, channels, 1, factory),
+        )
+        self.relu = nn.GELU()  # named as in the paper's code
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(x + self.conv(x))
+
+
+class _ResidualWindowAttention(nn.Module):
+    """`x + WindowAttention(x)` on an NCHW map (the paper's `WinBasedAttention`).
+
+    Shapes:
+        x: `(B, C, H, W)` -> `(B, C, H, W)`.
+    """
+
+    def __init__(self, attn: WindowAttention) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.attn(x.permute(0, 2, 3, 1))  # (B, H, W, C)
+        return x + out.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class WindowAttentionBlock(nn.Module):
+    """The paper's window-attention module for CNN codecs, on NCHW maps.
+
+    `x + conv_a(x) * sigmoid(conv_b(x))`, where `conv_a` is three residual units and `conv_b`
+    is window attention with a residual connection, three residual units and a 1x1 conv. Its
+    state dict has the layout of `Win_noShift_Attention` in the official STF code (which,
+    despite its name, shifts), so WACNN weights load strictly. Any `H, W >= 1` works.
+
+    Args:
+        dim: channels `C` (must be even: the residual units halve it).
+        num_heads: attention heads.
+        window_size: `Wh` or `(Wh, Ww)`.
+        shift_size: `sh` or `(sh, sw)`.
+        qkv_bias: whether the qkv projection has a bias.
+        qk_scale: logit scale; defaults to `head_dim ** -0.5`.
+        attn_drop: dropout on the attention weights.
+        backend: backend for the attention; None follows the global choice.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Shapes:
+        x: `(B, C, H, W)` -> `(B, C, H, W)`.
+
+    Example:
+        >>> block = WindowAttentionBlock(dim=64, num_heads=8, window_size=8, shift_size=4)
+        >>> block(torch.randn(1, 64, 20, 28)).shape
+        torch.Size([1, 64, 20, 28])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] = 0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        backend: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dim_heads(dim, num_heads)
+        if dim < 2 or dim % 2:
+            raise ValueError(f"dim must be even (the residual units halve it), got {dim=}.")
+        factory = {"device": device, "dtype": dtype}
+        self.dim = dim
+        self.conv_a = nn.Sequential(*(ResidualUnit(dim, **factory) for _ in range(3)))
+        attn = WindowAttention(
+            dim,
+            num_heads,
+            window_size,
+            shift_size,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            attn_drop=attn_drop,
+            backend=backend,
+            **factory,
+        )
+        self.conv_b = nn.Sequential(
+            _ResidualWindowAttention(attn),
+            *(ResidualUnit(dim, **factory) for _ in range(3)),
+            _conv(dim, dim, 1, factory),
+        )
+
+    @property
+    def attn(self) -> WindowAttention:
+        """The window attention inside `conv_b`."""
+        return self.conv_b[0].attn
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: `(B, C, H, W)`.
+
+        Returns:
+            `(B, C, H, W)`.
+        """
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(
+                f"WindowAttentionBlock expects NCHW input (B, {self.dim}, H, W), got "
+                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
+            )
+        if x.shape[1] != self.dim:
+            raise ValueError(
+                f"x has {x.shape[1]} channels but this block was built with dim={self.dim}; "
+                f"x must be NCHW (B, {self.dim}, H, W)."
+            )
+        return x + self.conv_a(x) * torch.sigmoid(self.conv_b(x))
+
+    def extra_repr(self) -> str:
+        a = self.attn
+        return f"dim={self.dim}, num_heads={a.num_heads}, window_size={a.window_size}, shift_size={a.shift_size}"
