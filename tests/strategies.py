@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
+from torch import nn
 
 WINDOW_SIDES = (1, 2, 3, 4, 5, 7, 8)
 
@@ -118,3 +119,16 @@ def wrapped_problems(draw: st.DrawFn, axis: str) -> Problem:
         window_size=(wh, ww),
         shift_size=(sh, sw),
     )
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Gives every parameter random values that make every part of the module matter (the
+    default init leaves the bias table and the biases near zero): weights with standard
+    deviation `1 / sqrt(fan_in)`, so activations stay of order one, vectors and the bias table
+    with standard deviation 0.5."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            fan_in = p[0].numel() if p.dim() > 1 and "bias_table" not in name else 4
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / fan_in**0.5)
+    return module

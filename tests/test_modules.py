@@ -9,7 +9,7 @@ import torch
 from hypothesis import example, given
 from torch import nn
 
-from tests.strategies import Problem, problems
+from tests.strategies import Problem, problems, randomise
 from winattn import (
     ShiftedWindowAttention,
     SwinBlock,
@@ -18,17 +18,6 @@ from winattn import (
     window_attention,
 )
 from winattn.functional import relative_position_index
-
-
-def _randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Gives every parameter random values of order one (the default init leaves the bias table
-    and the projection biases too small to matter)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-    return module
-
 
 # --- WindowAttention --------------------------------------------------------------------------
 
@@ -44,7 +33,7 @@ def test_window_attention_keeps_the_shape_of_any_map(problem):
 
 @pytest.mark.parametrize("qkv_bias", [True, False])
 def test_window_attention_is_proj_of_window_attention_of_qkv(qkv_bias):
-    module = _randomise(WindowAttention(12, 3, (4, 3), (2, 1), qkv_bias=qkv_bias)).eval()
+    module = randomise(WindowAttention(12, 3, (4, 3), (2, 1), qkv_bias=qkv_bias)).eval()
     x = torch.randn(2, 7, 5, 12)
     expected = module.proj(
         window_attention(
@@ -61,7 +50,7 @@ def test_window_attention_is_proj_of_window_attention_of_qkv(qkv_bias):
 
 
 def test_window_attention_pads_with_the_projection_of_a_zero_token():
-    module = _randomise(WindowAttention(8, 2, 4, 2)).eval()
+    module = randomise(WindowAttention(8, 2, 4, 2)).eval()
     x = torch.randn(1, 5, 7, 8)
     padded = torch.zeros(1, 8, 8, 8)
     padded[:, :5, :7] = x
@@ -69,7 +58,7 @@ def test_window_attention_pads_with_the_projection_of_a_zero_token():
 
 
 def test_qk_scale_overrides_the_default_scale():
-    module = _randomise(WindowAttention(8, 2, 4, qk_scale=0.1)).eval()
+    module = randomise(WindowAttention(8, 2, 4, qk_scale=0.1)).eval()
     x = torch.randn(1, 4, 4, 8)
     expected = module.proj(window_attention(module.qkv(x), 2, 4, scale=0.1, bias_table=module.relative_position_bias_table))
     torch.testing.assert_close(module(x), expected, atol=1e-6, rtol=0)
@@ -101,7 +90,7 @@ def test_relative_position_index_is_a_non_persistent_buffer():
 
 
 def test_checkpoint_with_matching_relative_position_index_loads_strictly():
-    source = _randomise(WindowAttention(8, 2, 4, 2))
+    source = randomise(WindowAttention(8, 2, 4, 2))
     state = {**source.state_dict(), "relative_position_index": relative_position_index(4)}
     target = WindowAttention(8, 2, 4, 2)
     target.load_state_dict(state, strict=True)
@@ -139,7 +128,7 @@ def test_extra_repr_names_the_configuration():
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_gradients_reach_every_parameter(backend):
-    module = _randomise(WindowAttention(8, 2, 4, 2, backend=backend))
+    module = randomise(WindowAttention(8, 2, 4, 2, backend=backend))
     module(torch.randn(1, 6, 7, 8)).square().sum().backward()
     for name, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -158,7 +147,7 @@ def _outputs_for_seeds(module: nn.Module, x: torch.Tensor, seeds=(0, 1, 0)) -> l
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_attn_drop_is_applied_in_training(backend):
-    module = _randomise(WindowAttention(8, 2, 4, 2, attn_drop=0.5, backend=backend)).train()
+    module = randomise(WindowAttention(8, 2, 4, 2, attn_drop=0.5, backend=backend)).train()
     first, other, again = _outputs_for_seeds(module, torch.randn(1, 6, 6, 8))
     assert not torch.allclose(first, other)
     torch.testing.assert_close(first, again, atol=0, rtol=0)
@@ -166,7 +155,7 @@ def test_attn_drop_is_applied_in_training(backend):
 
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 def test_attn_drop_is_off_in_eval(backend):
-    module = _randomise(WindowAttention(8, 2, 4, 2, attn_drop=0.5, backend=backend)).eval()
+    module = randomise(WindowAttention(8, 2, 4, 2, attn_drop=0.5, backend=backend)).eval()
     x = torch.randn(1, 6, 6, 8)
     without = WindowAttention(8, 2, 4, 2, backend=backend).eval()
     without.load_state_dict(module.state_dict())
@@ -176,7 +165,7 @@ def test_attn_drop_is_off_in_eval(backend):
 
 
 def test_swin_block_drop_path_is_applied_in_training_only():
-    block = _randomise(SwinBlock(8, 2, 4, 2, drop_path=0.5))
+    block = randomise(SwinBlock(8, 2, 4, 2, drop_path=0.5))
     x = torch.randn(8, 4, 4, 8)
     first, other, _ = _outputs_for_seeds(block.train(), x)
     assert not torch.allclose(first, other)
@@ -207,7 +196,7 @@ def test_swin_block_state_dict_uses_swin_names():
 
 
 def test_swin_block_is_prenorm_attention_then_mlp_with_residuals():
-    block = _randomise(SwinBlock(8, 2, (4, 3), (2, 1), mlp_ratio=2.0)).eval()
+    block = randomise(SwinBlock(8, 2, (4, 3), (2, 1), mlp_ratio=2.0)).eval()
     x = torch.randn(2, 5, 7, 8)
     y = x + block.attn(block.norm1(x))
     expected = y + block.mlp.fc2(nn.functional.gelu(block.mlp.fc1(block.norm2(y))))
@@ -234,14 +223,14 @@ def test_window_attention_block_keeps_the_shape_of_any_nchw_map(problem):
 
 
 def test_window_attention_block_gates_conv_a_with_conv_b():
-    block = _randomise(WindowAttentionBlock(8, 2, 4, 2)).eval()
+    block = randomise(WindowAttentionBlock(8, 2, 4, 2)).eval()
     x = torch.randn(1, 8, 6, 9)
     expected = x + block.conv_a(x) * torch.sigmoid(block.conv_b(x))
     torch.testing.assert_close(block(x), expected, atol=0, rtol=0)
 
 
 def test_window_attention_block_conv_b_starts_with_residual_window_attention():
-    block = _randomise(WindowAttentionBlock(8, 2, 4, 2)).eval()
+    block = randomise(WindowAttentionBlock(8, 2, 4, 2)).eval()
     x = torch.randn(1, 8, 6, 9)
     expected = x + block.attn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     torch.testing.assert_close(block.conv_b[0](x), expected, atol=0, rtol=0)
@@ -249,7 +238,7 @@ def test_window_attention_block_conv_b_starts_with_residual_window_attention():
 
 
 def test_residual_unit_is_gelu_of_input_plus_bottleneck():
-    unit = _randomise(WindowAttentionBlock(8, 2, 4).conv_a[0]).eval()
+    unit = randomise(WindowAttentionBlock(8, 2, 4).conv_a[0]).eval()
     x = torch.randn(1, 8, 5, 5)
     c = unit.conv
     expected = nn.functional.gelu(x + c[4](nn.functional.gelu(c[2](nn.functional.gelu(c[0](x))))))
