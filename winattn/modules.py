@@ -38,6 +38,15 @@ def _check_dim_heads(dim: int, num_heads: int) -> None:
         )
 
 
+def _check_channels_last(x: Tensor, dim: int) -> None:
+    _check_map(x, "x")
+    if x.shape[-1] != dim:
+        raise ValueError(
+            f"x has {x.shape[-1]} channels but this module was built with {dim=}; "
+            f"x must be (B, H, W, {dim}) (for NCHW input, permute(0, 2, 3, 1) first)."
+        )
+
+
 def _check_backend(backend: str | None) -> None:
     if backend is not None:
         from winattn.backends import _check_name
@@ -143,12 +152,7 @@ class WindowAttention(nn.Module):
         Returns:
             `(B, H, W, C)`.
         """
-        _check_map(x, "x")
-        if x.shape[-1] != self.dim:
-            raise ValueError(
-                f"x has {x.shape[-1]} channels but this module was built with dim={self.dim}; "
-                f"x must be (B, H, W, {self.dim}) (for NCHW input, permute(0, 2, 3, 1) first)."
-            )
+        _check_channels_last(x, self.dim)
         out = window_attention(
             self.qkv(x),  # (B, H, W, 3C)
             self.num_heads,
@@ -355,6 +359,7 @@ class SwinBlock(nn.Module):
         Returns:
             `(B, H, W, C)`.
         """
+        _check_channels_last(x, self.dim)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -485,16 +490,20 @@ class WindowAttentionBlock(nn.Module):
         Returns:
             `(B, C, H, W)`.
         """
-        if not isinstance(x, Tensor) or x.dim() != 4:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+        if x.dim() != 4:
             raise ValueError(
                 f"WindowAttentionBlock expects NCHW input (B, {self.dim}, H, W), got "
-                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}."
+                f"x.shape={tuple(x.shape)} ({x.dim()} dims)."
             )
         if x.shape[1] != self.dim:
             raise ValueError(
                 f"x has {x.shape[1]} channels but this block was built with dim={self.dim}; "
                 f"x must be NCHW (B, {self.dim}, H, W)."
             )
+        # The attention checks dtype and size too, but only after conv_a would have failed.
+        _check_map(x.permute(0, 2, 3, 1), "x")  # (B, H, W, C)
         return x + self.conv_a(x) * torch.sigmoid(self.conv_b(x))
 
     def extra_repr(self) -> str:

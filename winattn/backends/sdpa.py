@@ -34,8 +34,10 @@ def _layout_indices(
     src = torch.where(inside, src_r[:, None] * w + src_c[None, :], h * w)  # (Hp, Wp)
     gather = src.reshape(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1)  # (nW*N,)
     # Scatter back: for every token of the original map, its slot in the windowed layout.
-    dst_r = (torch.arange(h, device=device) - sh) % hp  # shifted row of original row
-    dst_c = (torch.arange(w, device=device) - sw) % wp
+    # Shifted row of each original row. `+ hp` keeps the operand of % non-negative, which
+    # inductor's index range analysis needs (a negative one fails to compile on the CPU).
+    dst_r = (torch.arange(h, device=device) + (hp - sh)) % hp
+    dst_c = (torch.arange(w, device=device) + (wp - sw)) % wp
     nww = wp // ww
     slot_r = (dst_r // wh) * nww * wh * ww + (dst_r % wh) * ww  # (H,)
     slot_c = (dst_c // ww) * wh * ww + (dst_c % ww)  # (W,)
