@@ -271,3 +271,44 @@ def test_unseen_cnn_codec_gets_blocks_after_second_stage_and_on_latent():
     encoder = nn.Sequential(*stage(3, 16), *stage(16, 16), *stage(16, 16), *stage(16, 24))
     patch_model(encoder)
     assert list(encoder._modules) == ["0", "1", "2", "3", "winattn_stage2", "4", "5", "6", "7", "winattn_latent"]
+
+
+def _ssf() -> nn.Module:
+    from compressai.models.video import ScaleSpaceFlow
+
+    torch.manual_seed(0)
+    return ScaleSpaceFlow()
+
+
+def _frames() -> list[torch.Tensor]:
+    # ScaleSpaceFlow needs sides divisible by 128 (4 strides, then 3 in its hyperprior)
+    return [_image(seed=s, size=(128, 128)) for s in (11, 12)]
+
+
+def test_ssf_training_step_reaches_image_motion_and_residual_pairs():
+    model = patch_model(_ssf(), init="paper").train()
+    paths = [e.path.split(".")[0] for e in model.winattn_report.entries]
+    assert sorted(set(paths)) == sorted(
+        f"{kind}_{part}" for kind in ("img", "motion", "res") for part in ("encoder", "decoder")
+    )
+    out = model(_frames())
+    loss = sum(-torch.log2(v).sum() for lk in out["likelihoods"] for d in lk.values() for v in d.values())
+    loss = loss + sum(torch.mean((a - b) ** 2) for a, b in zip(out["x_hat"], _frames()))
+    loss.backward()
+    for block in (m for m in model.modules() if isinstance(m, GatedWindowAttentionBlock)):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+    assert all(torch.isfinite(a) for a in model.aux_loss())
+
+
+def test_ssf_identity_patch_keeps_bitstreams_and_decodes_forward_output():
+    base = _ssf().eval()
+    base.update(force=True)
+    model = patch_model(copy.deepcopy(base))
+    model.update(force=True)
+    with torch.no_grad():
+        strings, shapes = model.compress(_frames())
+        decoded = model.decompress(strings, shapes)
+        forward = model(_frames())["x_hat"]
+        assert strings == base.compress(_frames())[0]
+    for dec, ref in zip(decoded, forward):
+        torch.testing.assert_close(dec, ref, atol=1e-5, rtol=0)
