@@ -24,6 +24,7 @@ from winattn.modules import (
     WindowAttention,
     WindowAttentionBlock,
 )
+from winattn.patch import patch_model
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "available_backends",
     "functional",
     "get_backend",
+    "patch_model",
     "set_backend",
     "use_backend",
     "window_attention",

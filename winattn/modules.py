@@ -157,7 +157,7 @@ class WindowAttention(nn.Module):
             self.qkv(x),  # (B, H, W, 3C)
             self.num_heads,
             self.window_size,
-            self.shift_size,
+            self._shift_for((x.shape[1], x.shape[2])),
             bias_table=self.relative_position_bias_table,
             scale=self.scale,
             pad_qkv=self.qkv.bias,
@@ -165,6 +165,11 @@ class WindowAttention(nn.Module):
             backend=backend or self.backend,
         )  # (B, H, W, C)
         return self.proj_drop(self.proj(out))
+
+    def _shift_for(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The shift used on a map of `size` `(H, W)`: `shift_size`. A hook for subclasses that
+        adapt it to the map (torchvision's convention, `winattn.integrations.swin`)."""
+        return self.shift_size
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any

@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fine-tunes a CompressAI model patched with window attention, and saves a checkpoint.
+
+The model comes from the CompressAI zoo (`--arch`, `--quality`; `--pretrained` downloads
+CompressAI's weights, as the zoo does) or from a checkpoint of the unpatched architecture
+(`--checkpoint`). It is patched with `winattn.patch_model` (inserted blocks start as an exact
+identity, so the first step starts from the pretrained model's rate-distortion point), then
+trained on random crops of a folder of images with CompressAI's rate-distortion loss, plus the
+auxiliary loss of the entropy bottleneck on its own optimizer.
+
+Example:
+    python examples/finetune_patched.py --arch bmshj2018-hyperprior --quality 3 \\
+        --pretrained --dataset ~/data/train --epochs 2 --out hyperprior-winattn.pth.tar
+    python -m winattn.integrations.compressai update_model hyperprior-winattn.pth.tar \\
+        -a bmshj2018-hyperprior-winattn -d exported
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from tqdm import tqdm
+
+from winattn import patch_model
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
+
+
+class ImageCrops(Dataset):
+    """Random crops of every image under `root`, as `(3, size, size)` tensors in `[0, 1]`."""
+
+    def __init__(self, root: str, size: int) -> None:
+        self.files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in EXTENSIONS)
+        if not self.files:
+            raise ValueError(f"no images under dataset={root!r}; expected {sorted(EXTENSIONS)} files.")
+        self.transform = transforms.Compose(
+            [transforms.RandomCrop(size, pad_if_needed=True), transforms.ToTensor()]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(Image.open(self.files[i]).convert("RGB"))
+
+
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    from compressai.zoo import image_models, load_state_dict
+
+    model = image_models[args.arch](quality=args.quality, pretrained=args.pretrained)
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu")
+        model.load_state_dict(load_state_dict(state.get("state_dict", state)))
+    patch_model(model, init=args.init, window_size=args.window_size, num_heads=args.num_heads)
+    print(model.winattn_report)
+    return model
+
+
+def optimizers(model: torch.nn.Module, lr: float, aux_lr: float):
+    """CompressAI's split: the entropy bottleneck's quantiles get their own optimizer."""
+    main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+    aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
+
+
+def train(args: argparse.Namespace) -> Path:
+    from compressai.losses import RateDistortionLoss
+
+    device = torch.device(args.device)
+    model = build_model(args).to(device).train()
+    loader = DataLoader(
+        ImageCrops(args.dataset, args.patch_size), batch_size=args.batch_size, shuffle=True,
+        num_workers=args.workers, drop_last=False,
+    )
+    criterion = RateDistortionLoss(lmbda=args.lmbda)
+    optimizer, aux_optimizer = optimizers(model, args.lr, args.aux_lr)
+    for epoch in range(args.epochs):
+        progress = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}")
+        for x in progress:
+            x = x.to(device)
+            optimizer.zero_grad()
+            aux_optimizer.zero_grad()
+            losses = criterion(model(x), x)
+            losses["loss"].backward()
+            if args.clip_max_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_max_norm)
+            optimizer.step()
+            aux_loss = model.aux_loss()
+            aux_loss.backward()
+            aux_optimizer.step()
+            progress.set_postfix(
+                loss=f"{losses['loss'].item():.4f}",
+                bpp=f"{losses['bpp_loss'].item():.3f}",
+                mse=f"{losses['mse_loss'].item():.5f}",
+                aux=f"{aux_loss.item():.1f}",
+            )
+    out = Path(args.out)
+    torch.save({"state_dict": model.state_dict(), "arch": f"{args.arch}-winattn", "epoch": args.epochs}, out)
+    print(f"saved {out}; export it with: python -m winattn.integrations.compressai update_model "
+          f"{out} -a {args.arch}-winattn")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="bmshj2018-hyperprior", help="CompressAI zoo architecture")
+    p.add_argument("--quality", type=int, default=3)
+    p.add_argument("--pretrained", action="store_true", help="start from CompressAI's weights (downloads)")
+    p.add_argument("--checkpoint", help="state dict of the unpatched architecture to start from")
+    p.add_argument("--dataset", required=True, help="folder of training images")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--lmbda", type=float, default=0.0130, help="rate-distortion trade-off")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--aux-lr", type=float, default=1e-3)
+    p.add_argument("--clip-max-norm", type=float, default=1.0)
+    p.add_argument("--init", choices=["identity", "paper"], default="identity")
+    p.add_argument("--window-size", type=int, default=None)
+    p.add_argument("--num-heads", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default="checkpoint-winattn.pth.tar")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())
