@@ -55,6 +55,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPILED = ("timm-compiled", "flex-batch", "flex-block")
 ALL_METHODS = ("triton", "triton-dense", "sdpa", "timm", "timm-math", *COMPILED)
 CHEAP_METHODS = ("triton", "sdpa", "timm")
+MODES = ("fwd", "fwd+bwd", "fwd-graph", "fwd+bwd-graph")
 
 
 @dataclass(frozen=True)
@@ -241,20 +242,35 @@ def peak_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def time_method(fn, inputs: dict[str, Tensor], backward: bool) -> float:
+def time_method(fn, inputs: dict[str, Tensor], mode: str) -> float:
+    """Median ms of one call (`fwd`) or of forward and backward (`fwd+bwd`). The `-graph`
+    modes replay a CUDA graph of the same work: device time without the host's launch cost."""
     from triton.testing import do_bench
 
     qkv, table, grad = inputs["qkv"], inputs["table"], inputs["grad"]
-    if not backward:
-        with torch.no_grad():
-            return do_bench(lambda: fn(qkv, table), warmup=25, rep=100, return_mode="median")
-    qkv = qkv.detach().requires_grad_()
-    table = table.detach().requires_grad_()
+    backward = mode.startswith("fwd+bwd")
+    if backward:
+        qkv = qkv.detach().requires_grad_()
+        table = table.detach().requires_grad_()
 
     def step():
-        fn(qkv, table).backward(grad)
+        if not backward:
+            with torch.no_grad():
+                return fn(qkv, table)
+        return torch.autograd.grad(fn(qkv, table), (qkv, table), grad)
 
-    return do_bench(step, warmup=25, rep=100, grad_to_none=[qkv, table], return_mode="median")
+    if mode.endswith("graph"):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    return do_bench(step, warmup=25, rep=100, return_mode="median")
 
 
 def max_error(fn, ref_fn, inputs: dict[str, Tensor]) -> float:
@@ -266,9 +282,13 @@ def max_error(fn, ref_fn, inputs: dict[str, Tensor]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", action="store_true", help="the issue's full shape grid")
+    parser.add_argument(
+        "--shape", action="append", default=None, metavar="B,SIZE,C,HEADS,WINDOW",
+        help="a shape to run instead of the defaults (repeatable)",
+    )
     parser.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS)
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=DTYPES)
-    parser.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -276,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     device = torch.device("cuda")
     shapes = GRID_SHAPES if args.grid else DEFAULT_SHAPES
+    if args.shape:
+        shapes = [Shape(*map(int, spec.split(","))) for spec in args.shape]
     methods = args.methods or (CHEAP_METHODS if args.grid else ALL_METHODS)
     peak = peak_bandwidth(device)
     name = torch.cuda.get_device_name(device)
@@ -292,13 +314,22 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 fn = build(method, shape, device, inputs["table"])
                 err = max_error(fn, ref, inputs)
-                times = {mode: time_method(fn, inputs, mode == "fwd+bwd") for mode in args.modes}
             except Exception as exc:  # a method that fails at a shape is recorded, not fatal
                 print(f"  {dtype_name} {shape} {method}: FAILED {type(exc).__name__}: {exc}"[:300])
                 rows.append({**asdict(shape), "dtype": dtype_name, "method": method, "error": repr(exc)[:500]})
                 continue
+            times = {}
+            for mode in args.modes:
+                try:
+                    times[mode] = time_method(fn, inputs, mode)
+                except Exception as exc:
+                    print(f"  {dtype_name} {shape} {method} {mode}: FAILED {type(exc).__name__}"[:300])
+                    rows.append({
+                        **asdict(shape), "dtype": dtype_name, "method": method, "mode": mode,
+                        "error": repr(exc)[:500],
+                    })
             for mode, ms in times.items():
-                words = (4 if mode == "fwd" else 11) * tokens * shape.dim
+                words = (11 if mode.startswith("fwd+bwd") else 4) * tokens * shape.dim
                 bw = words * inputs["qkv"].element_size() / (ms * 1e-3)
                 rows.append({
                     **asdict(shape), "shift": shape.shift, "dtype": dtype_name, "method": method,
@@ -307,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                 })
             print(
                 f"  {dtype_name} {shape} {method:14s} "
-                + " ".join(f"{m} {t:.3f} ms" for m, t in times.items())
-                + f"  (err {err:.2g}, {time.perf_counter() - t0:.0f} s)",
+                + " ".join(f"{m} {t:.3f}" for m, t in times.items())
+                + f" ms  (err {err:.2g}, {time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
         del inputs

@@ -30,6 +30,9 @@ MAX_TOKENS = 256
 MAX_HEAD_DIM = 128
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# Looked up once, without importing triton (find_spec cannot run under torch.compile).
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
 
 def _interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -52,7 +55,7 @@ class TritonBackend(Backend):
     name = "triton"
 
     def missing_software(self) -> list[str]:
-        if importlib.util.find_spec("triton") is None:
+        if not _TRITON_FOUND:
             return ["the triton package is not installed (pip install 'winattn[triton]')"]
         return []
 

@@ -50,27 +50,32 @@ _UPCAST_DOT = tl.constexpr(INTERPRET)
 
 def _fwd_configs() -> list[triton.Config]:
     return [
-        triton.Config({"BLOCK_M": bm}, num_warps=nw, num_stages=1)
+        triton.Config({"BLOCK_M": bm, "HEADS_PER_PROG": hp}, num_warps=nw, num_stages=1)
         for bm in (16, 32, 64, 128)
         for nw in (2, 4, 8)
+        for hp in (1, 2, 4)
     ]
 
 
 def keep(config: triton.Config) -> bool:
-    """Drops configurations that are never worth timing: more warps than rows to give them."""
-    return config.kwargs["BLOCK_M"] >= 4 * config.num_warps
+    """Drops configurations that are never worth timing: more warps than rows to give them,
+    several heads per program with blocks that already fill the program."""
+    block_m, heads = config.kwargs["BLOCK_M"], config.kwargs["HEADS_PER_PROG"]
+    return block_m >= 4 * config.num_warps and (heads == 1 or block_m <= 64)
 
 
 def _prune_by_shape(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     # Query blocks no larger than the padded window, and at most 128 fp32 logits per thread.
     block_n = kwargs.get("BLOCK_N", named_args.get("BLOCK_N"))
+    heads = kwargs.get("HEADS", named_args.get("HEADS"))
     kept = [
         c
         for c in configs
         if c.kwargs["BLOCK_M"] <= block_n
         and c.kwargs["BLOCK_M"] * block_n <= 128 * 32 * c.num_warps
+        and heads % c.kwargs["HEADS_PER_PROG"] == 0
     ]
-    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], -c.num_warps))]
+    return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], c.kwargs["HEADS_PER_PROG"]))]
 
 
 def default_block_m(block_n: int) -> int:
@@ -136,8 +141,10 @@ def _load_part(
     d_ok = offs_d < D
     col = PART * C + head * D + offs_d
     x = tl.load(base + token[:, None] * (3 * C) + col[None, :], mask=inside[:, None] & d_ok[None, :], other=0.0)
-    pad = tl.load(PAD + col, mask=d_ok, other=0.0)
-    return tl.where(is_pad[:, None], pad[None, :], x)
+    if PAD is not None:  # else padding tokens are zeros
+        pad = tl.load(PAD + col, mask=d_ok, other=0.0)
+        x = tl.where(is_pad[:, None], pad[None, :], x)
+    return x
 
 
 @triton.jit
@@ -151,7 +158,10 @@ def _logits(
     s = _dot(q, tl.trans(k), DOT_PRECISION) * scale
     pair_ok = valid_q[:, None] & valid_k[None, :]
     if BIAS_MODE == 1:
-        rel = (i_q[:, None] - i_k[None, :] + WH - 1) * (2 * WW - 1) + (j_q[:, None] - j_k[None, :] + WW - 1)
+        # Row of the table: (i_q - i_k + Wh - 1) * (2Ww - 1) + (j_q - j_k + Ww - 1).
+        row_q = i_q * (2 * WW - 1) + j_q + (WH - 1) * (2 * WW - 1) + WW - 1
+        row_k = i_k * (2 * WW - 1) + j_k
+        rel = row_q[:, None] - row_k[None, :]
         bias = tl.load(TABLE + rel * HEADS + head, mask=pair_ok, other=0.0)
         s += bias.to(q.dtype).to(tl.float32)
     if BIAS_MODE == 2:
@@ -181,41 +191,42 @@ def _fwd_kernel(
     HEADS: tl.constexpr, D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     BIAS_MODE: tl.constexpr, SHIFTED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEADS_PER_PROG: tl.constexpr,
 ):
     C: tl.constexpr = HEADS * D
+    GROUPS: tl.constexpr = HEADS // HEADS_PER_PROG
     pid = tl.program_id(0)
-    head = pid % HEADS
-    window = pid // HEADS
+    head0 = (pid % GROUPS) * HEADS_PER_PROG
+    window = pid // GROUPS
     b = window // n_win
     win_r = (window % n_win) // n_win_w
     win_c = window % n_win_w
     base = QKV + b.to(tl.int64) * H * W * 3 * C
     offs_d = tl.arange(0, BLOCK_D)
-
     offs_n = tl.arange(0, BLOCK_N)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     i_k, j_k, valid_k, inside_k, pad_k, token_k, region_k = _slots(
         offs_n, win_r, win_c, H, W, Hp, Wp, sh, sw, WH, WW, SHIFTED
     )
-    k = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 1, HEADS, D)
-    v = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D)
-
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     i_q, j_q, valid_q, inside_q, pad_q, token_q, region_q = _slots(
         offs_m, win_r, win_c, H, W, Hp, Wp, sh, sw, WH, WW, SHIFTED
     )
-    q = _load_part(base, PAD, token_q, inside_q, pad_q, offs_d, head, 0, HEADS, D)
+    out = OUT + b.to(tl.int64) * H * W * C + token_q[:, None] * C + offs_d[None, :]
+    out_mask = inside_q[:, None] & (offs_d < D)[None, :]
 
-    s = _logits(
-        q, k, TABLE, BIAS, head, scale,
-        offs_m, i_q, j_q, valid_q, region_q, offs_n, i_k, j_k, valid_k, region_k,
-        HEADS, WH, WW, BIAS_MODE, SHIFTED, DOT_PRECISION,
-    )
-    p = _softmax(s)
-    o = _dot(p.to(v.dtype), v, DOT_PRECISION)
-
-    out = OUT + b.to(tl.int64) * H * W * C + token_q[:, None] * C + head * D + offs_d[None, :]
-    tl.store(out, o.to(OUT.dtype.element_ty), mask=inside_q[:, None] & (offs_d < D)[None, :])
-
+    for hh in tl.static_range(HEADS_PER_PROG):
+        head = head0 + hh
+        k = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 1, HEADS, D)
+        v = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D)
+        q = _load_part(base, PAD, token_q, inside_q, pad_q, offs_d, head, 0, HEADS, D)
+        s = _logits(
+            q, k, TABLE, BIAS, head, scale,
+            offs_m, i_q, j_q, valid_q, region_q, offs_n, i_k, j_k, valid_k, region_k,
+            HEADS, WH, WW, BIAS_MODE, SHIFTED, DOT_PRECISION,
+        )
+        p = _softmax(s)
+        o = _dot(p.to(v.dtype), v, DOT_PRECISION)
+        tl.store(out + head * D, o.to(OUT.dtype.element_ty), mask=out_mask)
 
 if INTERPRET:
     _fwd = _fwd_kernel
@@ -251,7 +262,7 @@ def _bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     offs_n = tl.arange(0, BLOCK_N)
-    dbias_part = DBIAS_PART + (group * HEADS + head).to(tl.int64) * N * N
+    dbias_row = (group * HEADS + head).to(tl.int64) * N * N  # this program's slice
     dbias_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dpad_k = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dpad_v = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -301,7 +312,7 @@ def _bwd_kernel(
                     dbias_acc += ds
                 else:
                     # Large windows: this program's own slice, read-modify-write.
-                    ptrs = dbias_part + offs_m[:, None] * N + offs_n[None, :]
+                    ptrs = DBIAS_PART + dbias_row + offs_m[:, None] * N + offs_n[None, :]
                     pair_ok = valid_q[:, None] & valid_k[None, :]
                     tl.store(ptrs, tl.load(ptrs, mask=pair_ok, other=0.0) + ds, mask=pair_ok)
                     tl.debug_barrier()
@@ -324,7 +335,7 @@ def _bwd_kernel(
         if NUM_QB == 1:
             offs_m = tl.arange(0, BLOCK_M)
             pair_ok = (offs_m < N)[:, None] & (offs_n < N)[None, :]
-            tl.store(dbias_part + offs_m[:, None] * N + offs_n[None, :], dbias_acc, mask=pair_ok)
+            tl.store(DBIAS_PART + dbias_row + offs_m[:, None] * N + offs_n[None, :], dbias_acc, mask=pair_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,9 +348,9 @@ class _Problem:
     window geometry (runtime arguments) and the compile-time constants."""
 
     qkv: Tensor  # (B, H, W, 3C), contiguous
-    pad: Tensor  # (3C,) in qkv's dtype
-    table: Tensor  # (T, heads) or a dummy
-    dense: Tensor  # (heads, N, N) or a dummy
+    pad: Tensor | None  # (3C,) in qkv's dtype; None: zeros
+    table: Tensor | None  # (T, heads)
+    dense: Tensor | None  # (heads, N, N)
     batch: int
     windows: int  # per image
     geometry: tuple  # H, W, Hp, Wp, sh, sw, windows per row, windows per image
@@ -364,14 +375,12 @@ def _problem(
     (wh, ww), (sh, sw) = window, shift
     hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
     n_win = (hp // wh) * (wp // ww)
-    dummy = qkv.new_empty(1)
     mode = TABLE_BIAS if bias_table is not None else DENSE_BIAS if bias is not None else NO_BIAS
-    pad = qkv.new_zeros(c3) if pad_qkv is None else pad_qkv.to(qkv.dtype).contiguous()
     return _Problem(
         qkv=qkv,
-        pad=pad,
-        table=dummy if bias_table is None else bias_table.contiguous(),
-        dense=dummy if bias is None else bias.contiguous(),
+        pad=None if pad_qkv is None else pad_qkv.to(qkv.dtype).contiguous(),
+        table=None if bias_table is None else bias_table.contiguous(),
+        dense=None if bias is None else bias.contiguous(),
         batch=b,
         windows=n_win,
         geometry=(h, w, hp, wp, sh, sw, wp // ww, n_win),
@@ -399,17 +408,23 @@ def forward(
     b, h, w, c3 = pb.shape
     out = pb.qkv.new_empty(b, h, w, c3 // 3)
     args = (pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale)
-    programs = b * pb.windows * num_heads
     block_n = pb.meta["BLOCK_N"]
     if INTERPRET:
-        block_m = default_block_m(block_n)
-        _fwd[(programs, block_n // block_m)](*args, **pb.meta, BLOCK_M=block_m)
+        block_m, per_prog = default_block_m(block_n), 1 if num_heads % 2 else 2
+        grid = (b * pb.windows * num_heads // per_prog, block_n // block_m)
+        _fwd[grid](*args, **pb.meta, BLOCK_M=block_m, HEADS_PER_PROG=per_prog)
     else:
         def grid(m: dict) -> tuple[int, int]:
-            return (programs, block_n // m["BLOCK_M"])
+            return (b * pb.windows * num_heads // m["HEADS_PER_PROG"], block_n // m["BLOCK_M"])
 
         _fwd[grid](*args, **pb.meta)
     return out
+
+
+# Backward launch shape: programs per multiprocessor (all heads together) and warps per
+# program (None: by block size). Module constants so that benchmarks/tune_triton.py can sweep them.
+BWD_PROGRAMS_PER_SM = 8
+BWD_NUM_WARPS: int | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -422,7 +437,7 @@ def backward_groups(n_windows: int, num_heads: int, n: int, device: torch.device
     the reduction order of the bias and padding gradients is fixed for a given problem."""
     if device.type != "cuda":
         return min(n_windows, 4)
-    target = 8 * _sm_count(device)
+    target = BWD_PROGRAMS_PER_SM * _sm_count(device)
     budget = (64 << 20) // (4 * n * n * num_heads)  # keep DBIAS_PART under 64 MiB
     return max(1, min(n_windows, -(-target // num_heads), budget))
 
@@ -431,6 +446,8 @@ def _bwd_config(block_n: int, block_d: int) -> tuple[int, int]:
     """(BLOCK_M, num_warps) of the backward kernel, fixed per shape (no autotuning, so that the
     results do not depend on timing)."""
     block_m = default_block_m(block_n)
+    if BWD_NUM_WARPS:
+        return block_m, BWD_NUM_WARPS
     return block_m, 4 if block_m * max(block_n, block_d) <= 64 * 64 else 8
 
 
@@ -492,8 +509,8 @@ def backward(
     groups = backward_groups(b * pb.windows, num_heads, n, qkv.device)
     dqkv = torch.empty_like(pb.qkv)
     f32 = dict(dtype=torch.float32, device=qkv.device)
-    dpad_part = torch.zeros(groups, c3, **f32) if pad_grad else qkv.new_empty(1)
-    dbias_part = torch.zeros(groups, num_heads, n, n, **f32) if bias_grad else qkv.new_empty(1)
+    dpad_part = torch.zeros(groups, c3, **f32) if pad_grad else None
+    dbias_part = torch.zeros(groups, num_heads, n, n, **f32) if bias_grad else None
     _bwd_kernel[(groups, num_heads)](
         pb.qkv, pb.pad, pb.table, pb.dense, dout.contiguous(), dqkv, dpad_part, dbias_part,
         *pb.geometry, b * pb.windows, groups, scale,

@@ -82,7 +82,10 @@ class TritonWindowAttention(torch.autograd.Function):
     def forward(ctx, qkv, bias_table, bias, pad_qkv, num_heads, window, shift, scale):
         ctx.save_for_backward(qkv, bias_table, bias, pad_qkv)
         ctx.geometry = (num_heads, *window, *shift, scale)
-        return window_attention_op(qkv, bias_table, bias, pad_qkv, *ctx.geometry)
+        if torch.compiler.is_compiling():
+            return window_attention_op(qkv, bias_table, bias, pad_qkv, *ctx.geometry)
+        # Eager: straight to the launcher, sparing the custom op's dispatch (tens of us).
+        return kernels.forward(qkv, bias_table, bias, pad_qkv, num_heads, window, shift, scale)
 
     @staticmethod
     def backward(ctx, dout):
