@@ -149,6 +149,7 @@ def timm_method(shape: Shape, fused: bool, device: torch.device, dtype: torch.dt
         out = window_reverse(out.view(-1, ws, ws, c), (ws, ws), s, s)  # (B, H, W, C)
         return torch.roll(out, shifts=(shape.shift, shape.shift), dims=(1, 2))
 
+    run.bias_leaf = attn.relative_position_bias_table  # timm's own table gets the gradient
     return run
 
 
@@ -220,7 +221,10 @@ def build(method: str, shape: Shape, device: torch.device, table: Tensor):
     if method == "timm-math":
         return timm_method(shape, False, device, dtype, table)
     if method == "timm-compiled":
-        return torch.compile(timm_method(shape, True, device, dtype, table), dynamic=False)
+        eager = timm_method(shape, True, device, dtype, table)
+        compiled = torch.compile(eager, dynamic=False)
+        compiled.bias_leaf = eager.bias_leaf
+        return compiled
     if method == "flex-batch":
         return flex_method(shape, device, blocked=False)
     if method == "flex-block":
@@ -251,12 +255,13 @@ def time_method(fn, inputs: dict[str, Tensor], mode: str) -> float:
     backward = mode.startswith("fwd+bwd")
     if backward:
         qkv = qkv.detach().requires_grad_()
-        table = table.detach().requires_grad_()
+        table = getattr(fn, "bias_leaf", None)
+        table = inputs["table"].detach().requires_grad_() if table is None else table
 
     def step():
         if not backward:
             with torch.no_grad():
-                return fn(qkv, table)
+                return fn(qkv, inputs["table"])
         return torch.autograd.grad(fn(qkv, table), (qkv, table), grad)
 
     if mode.endswith("graph"):
