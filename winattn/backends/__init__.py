@@ -341,6 +341,7 @@ def dispatch(call: AttentionCall, name: str | None = None) -> Tensor:
 def _register_builtin() -> None:
     # Imported for their @register_backend side effect.
     from winattn.backends import reference, sdpa  # noqa: F401
+    from winattn.backends import triton as _triton  # noqa: F401
 
 
 
