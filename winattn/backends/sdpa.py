@@ -3,24 +3,31 @@
 
 Padding, cyclic shift and partition are one gather with a precomputed index (one copy of
 qkv instead of three); merge, reverse shift and crop are one gather back. The relative
-position bias and the shift mask go to SDPA as one additive float mask.
+position bias and the shift mask go to SDPA as an additive float mask.
 
-How the work is laid out matters more than the arithmetic (see `docs/benchmarks.md`):
+How the work is laid out matters more than the arithmetic (measured with
+`benchmarks/attention.py`; see `docs/benchmarks.md`):
 
-* q, k and v reach SDPA as 4-D `(windows, heads, N, d)` strided views of the gathered qkv
-  with a 4-D mask, the form for which PyTorch picks its fused (flash) kernel on the CPU;
+* q, k and v reach SDPA as 4-D `(windows, heads, N, d)` strided views of the gathered qkv,
+  with a 4-D mask: the form for which PyTorch picks its fused (flash) kernel on the CPU.
   5-D inputs or a 3-D mask send it to the slower math path.
-* The mask is `(nW, heads, N, N)` with a shift and `(1, heads, N, N)` without. With a shift
-  it cannot broadcast over the batch inside one 4-D call, so in eager inference the batch is
-  processed one image at a time: that also keeps every temporary at the size of one image,
-  small enough for the allocator to reuse memory instead of faulting in fresh pages on
-  every call, which on the CPU costs as much as the copies themselves.
+* With a shift, only the windows of the last window row and column see wrapped bands, and
+  all windows of each of the (at most) four kinds (inside, last column, last row, corner)
+  share one mask. When the full `(nW, heads, N, N)` mask would be large, the windows are
+  gathered grouped by kind and SDPA runs once per group with a `(1, heads, N, N)` mask
+  broadcast over the group's windows, which keeps the mask in cache. When it is small, one
+  call with the full mask is cheaper than four.
+* In eager inference the batch is processed one image at a time: every temporary is then the
+  size of one image, which the allocator reuses from call to call instead of faulting in fresh
+  pages, which on the CPU costs as much as the copies themselves.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,35 +36,39 @@ from torch import Tensor
 from winattn.backends import AttentionCall, Backend, register_backend
 from winattn.functional import geometry_mask
 
+#: Above this many bytes, the full `(nW, heads, N, N)` mask of a shifted call is replaced by
+#: one shared mask per group of windows (see the module docstring).
+FULL_MASK_MAX_BYTES = 512 * 1024
+
 
 @dataclass(frozen=True)
 class Layout:
     """How `b` maps of `(H, W)` tokens map to windows, for one window size and shift.
 
-    Windows are grouped by the shift mask they need: without a shift there is one group; with
-    one, the windows of the last window row and of the last window column see the wrapped
-    bands, so there are up to four groups (inside, last column, last row, corner), each with a
-    single `(N, N)` mask shared by all its windows. Slots are ordered (group, image, window of
-    the group, token of the window), so each group is one contiguous block of windows that
-    SDPA runs with a mask broadcast over its windows.
+    Slots are ordered (group, image, window of the group, token of the window), so each group
+    is one contiguous block of windows for one SDPA call. Without grouping there is one group
+    holding every window in row-major order.
 
     Attributes:
-        gather: `(b * nW * N,)`, the row of the flattened `(b * H * W)` map that each slot
+        gather: `(b * nW * N,)`, the row of the flattened `(b * H * W)` maps that each slot
             holds (padding slots hold row 0 and are overwritten).
-        scatter: `(b * H * W,)`, the slot of each row of the map.
+        scatter: `(b * H * W,)`, the slot of each row of the maps.
         pad_slots: `(b * P,)`, the padding slots (`P = Hp * Wp - H * W`), possibly empty.
-        groups: `(windows per image, index of one of its windows, whether its shift mask is
-            not all zero)` per group, in slot order.
+        groups: per group, `(windows per image, a window of the group)`; every window of a
+            group has the same shift mask as that one.
+        grouped: whether windows are grouped by shift mask (else one group, in order).
     """
 
     gather: Tensor
     scatter: Tensor
     pad_slots: Tensor
-    groups: tuple[tuple[int, int, bool], ...]
+    groups: tuple[tuple[int, int], ...]
+    grouped: bool
 
 
 def _layout(
-    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device | None
+    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
+    device: torch.device | None,
 ) -> Layout:
     hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
     nwh, nww = hp // wh, wp // ww
@@ -69,19 +80,23 @@ def _layout(
     token = token.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)  # (nW, N)
     pad = ~inside.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)  # (nW, N)
 
-    # Group the windows by the shift mask they need (plain Python: no data-dependent shapes).
-    kind = [(r == nwh - 1 and sh > 0, c == nww - 1 and sw > 0) for r in range(nwh) for c in range(nww)]
+    # Kind of each window: whether it is the last along each shifted axis (plain Python, so
+    # that nothing has a data-dependent shape under torch.compile).
+    if grouped:
+        kind = [(r == nwh - 1 and sh > 0, c == nww - 1 and sw > 0) for r in range(nwh) for c in range(nww)]
+    else:
+        kind = [(False, False)] * (nwh * nww)
     groups, order = [], []
     for k in sorted(set(kind)):
         members = [i for i, ki in enumerate(kind) if ki == k]
-        groups.append((len(members), members[0], any(k)))
+        groups.append((len(members), members[0]))
         order += members
     order_t = torch.tensor(order, device=device)
 
     # Key of every slot: its row in the flattened (b*H*W) maps, or b*H*W for padding.
     image = torch.arange(b, device=device)[:, None, None] * (h * w)  # (b, 1, 1)
     keys, first = [], 0
-    for count, _, _ in groups:
+    for count, _ in groups:
         block = order_t[first : first + count]
         key = torch.where(pad[block], b * h * w, token[block] + image)  # (b, count, N)
         keys.append(key.reshape(-1))
@@ -93,59 +108,96 @@ def _layout(
         scatter=by_key[: b * h * w],
         pad_slots=by_key[b * h * w :],
         groups=tuple(groups),
+        grouped=grouped,
     )
 
 
 @functools.lru_cache(maxsize=128)
 def _layout_cached(
-    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
+    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
+    device: torch.device,
 ) -> Layout:
-    return _layout(b, h, w, wh, ww, sh, sw, device)
+    return _layout(b, h, w, wh, ww, sh, sw, grouped, device)
 
 
 def layout(call: AttentionCall, batch: int) -> Layout:
     """The `Layout` of `batch` maps of `call`'s size. Cached outside `torch.compile`."""
-    args = (batch, *call.size, *call.window_size, *call.shift_size, call.qkv.device)
+    (wh, ww), heads = call.window_size, call.num_heads
+    nw = (call.padded[0] // wh) * (call.padded[1] // ww)
+    full_mask_bytes = nw * heads * (wh * ww) ** 2 * call.qkv.element_size()
+    grouped = call.shifted and full_mask_bytes > FULL_MASK_MAX_BYTES
+    args = (batch, *call.size, wh, ww, *call.shift_size, grouped, call.qkv.device)
     if torch.compiler.is_compiling():
         return _layout(*args)
     return _layout_cached(*args)
 
 
-def _group_masks(
-    call: AttentionCall, groups: tuple[tuple[int, int, bool], ...]
-) -> list[Tensor | None]:
-    """Bias plus the group's shift mask, `(1, heads, N, N)`, per group (None: no mask)."""
-    bias = call.dense_bias()  # (heads, N, N) or None
-    shift = None
-    if call.shifted:
-        shift = geometry_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
-    masks = []
-    for _, window, masked in groups:
-        mask = bias
-        if shift is not None and masked:
-            mask = shift[window].to(call.qkv.dtype) if mask is None else mask + shift[window]
-        masks.append(None if mask is None else mask.expand(1, call.num_heads, *mask.shape[-2:]))
+# Inference reuses the masks of a bias table until the table changes: the key names the
+# table's identity (through a weak reference, so that a freed table never matches) and its
+# version counter, which every in-place update (optimizer step, load_state_dict) bumps.
+_MASK_CACHE: dict[tuple, tuple[Any, int, list[Tensor | None]]] = {}
+_MASK_CACHE_SIZE = 64
+
+
+def cached_group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
+    """`group_masks`, reused across inference calls with the same bias table and geometry."""
+    source = call.bias_table if call.bias_table is not None else call.bias
+    if call.needs_grad or torch.compiler.is_compiling() or (
+        source is not None and source.is_inference()
+    ):
+        return group_masks(call, lay)
+    key = (
+        call.window_size, call.shift_size, call.padded, lay.grouped, call.num_heads,
+        call.qkv.dtype, call.qkv.device, None if source is None else id(source),
+        call.bias_table is None,
+    )
+    version = -1 if source is None else source._version
+    hit = _MASK_CACHE.get(key)
+    if hit is not None and (source is None or hit[0]() is source) and hit[1] == version:
+        return hit[2]
+    masks = group_masks(call, lay)
+    if len(_MASK_CACHE) >= _MASK_CACHE_SIZE:
+        _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
+    _MASK_CACHE[key] = (lambda: None) if source is None else weakref.ref(source), version, masks
     return masks
 
 
+def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
+    """Relative position bias plus shift mask for each group of `lay`: `(1, heads, N, N)`
+    (or `(1, 1, N, N)` without bias) for a group sharing one mask, `(nW, heads, N, N)` for
+    the single group of an ungrouped shifted layout, None when there is nothing to add."""
+    bias = call.dense_bias()  # (heads, N, N) or None
+    bias = None if bias is None else bias.contiguous()[None]  # (1, heads, N, N)
+    if not call.shifted:
+        return [bias]
+    shift = geometry_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
+    shift = shift.to(call.qkv.dtype)[:, None]  # (nW, 1, N, N)
+    if lay.grouped:
+        shift = shift[[window for _, window in lay.groups]]  # (G, 1, N, N)
+    masks = shift if bias is None else bias + shift  # (G or nW, heads or 1, N, N)
+    return [masks[g : g + 1] for g in range(len(lay.groups))] if lay.grouped else [masks]
+
+
 def _attend(
-    flat: Tensor, call: AttentionCall, masks: list[Tensor | None], out: Tensor | None = None
+    flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
+    out: Tensor | None = None,
 ) -> Tensor:
-    """`(b, H * W, 3C)` qkv -> `(b * H * W, C)` attention output, map order (written into
+    """`(b, H * W, 3C)` qkv -> `(b * H * W, C)` attention output in map order (written into
     `out` when given: inference only)."""
     b, hw, c3 = flat.shape
     heads, d = call.num_heads, call.head_dim
     n = call.window_size[0] * call.window_size[1]
-    lay = layout(call, b)
     windows = flat.reshape(b * hw, c3).index_select(0, lay.gather)  # (b*nW*N, 3C)
     if lay.pad_slots.numel():
         pad = flat.new_zeros(c3) if call.pad_qkv is None else call.pad_qkv.to(flat.dtype)
         windows[lay.pad_slots] = pad.expand(lay.pad_slots.shape[0], c3)  # padding tokens
     outs, first = [], 0
-    for (count, _, _), mask in zip(lay.groups, masks):
+    for (count, _), mask in zip(lay.groups, masks):
         rows = b * count * n
         part = windows[first : first + rows].view(b * count, n, 3, heads, d)
         q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
+        if mask is not None and mask.shape[0] > 1 and b > 1:  # a mask per window
+            mask = mask.expand(b, *mask.shape).reshape(b * count, *mask.shape[1:])
         res = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
         )  # (b*count, heads, N, d)
@@ -161,14 +213,16 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     qkv = call.qkv
     b, h, w, c3 = qkv.shape
     c = c3 // 3
-    masks = _group_masks(call, layout(call, 1).groups)
     flat = qkv.reshape(b, h * w, c3)  # (B, H*W, 3C)
     if b == 1 or call.needs_grad or torch.compiler.is_compiling():
-        return _attend(flat, call, masks).view(b, h, w, c)
+        lay = layout(call, b)
+        return _attend(flat, call, lay, cached_group_masks(call, lay)).view(b, h, w, c)
     # Eager inference: one image at a time, each one's temporaries the size of one image.
+    lay = layout(call, 1)
+    masks = cached_group_masks(call, lay)
     out = qkv.new_empty(b, h * w, c)  # (B, H*W, C)
     for i in range(b):
-        _attend(flat[i : i + 1], call, masks, out=out[i])
+        _attend(flat[i : i + 1], call, lay, masks, out=out[i])
     return out.view(b, h, w, c)  # (B, H, W, C)
 
 
