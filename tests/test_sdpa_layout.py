@@ -19,12 +19,19 @@ def _module() -> WindowAttention:
     return module
 
 
+IMAGE_QKV_BYTES = 10 * 13 * 3 * 16 * 4  # one (10, 13) map of qkv, float32
+
+
 @pytest.mark.parametrize("full_mask_max_bytes", [0, 1 << 30], ids=["grouped", "full-mask"])
+@pytest.mark.parametrize(
+    "chunk_bytes", [1, 2 * IMAGE_QKV_BYTES, 1 << 30], ids=["by-image", "by-two", "whole-batch"]
+)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_sdpa_layouts_match_reference_with_padding_and_shift(
-    monkeypatch: pytest.MonkeyPatch, full_mask_max_bytes: int, batch: int
+    monkeypatch: pytest.MonkeyPatch, full_mask_max_bytes: int, chunk_bytes: int, batch: int
 ) -> None:
     monkeypatch.setattr(sdpa, "FULL_MASK_MAX_BYTES", full_mask_max_bytes)
+    monkeypatch.setattr(sdpa, "CHUNK_BYTES", chunk_bytes)
     module = _module()
     x = torch.randn(batch, 10, 13, 16)
     with torch.no_grad():

@@ -17,9 +17,9 @@ How the work is laid out matters more than the arithmetic (measured with
   gathered grouped by kind and SDPA runs once per group with a `(1, heads, N, N)` mask
   broadcast over the group's windows, which keeps the mask in cache. When it is small, one
   call with the full mask is cheaper than four.
-* In eager inference the batch is processed one image at a time: every temporary is then the
-  size of one image, which the allocator reuses from call to call instead of faulting in fresh
-  pages, which on the CPU costs as much as the copies themselves.
+* In eager inference the batch is processed a few images at a time (`CHUNK_BYTES` of qkv):
+  the temporaries then stay small enough for the allocator to reuse from call to call instead
+  of faulting in fresh pages, which on the CPU costs as much as the copies themselves.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ from torch import Tensor
 
 from winattn.backends import AttentionCall, Backend, register_backend
 from winattn.functional import geometry_mask
+
+#: Eager inference gathers the qkv of at most this many bytes of images at a time (at
+#: least one image).
+CHUNK_BYTES = 8 * 1024 * 1024
 
 #: Above this many bytes, the full `(nW, heads, N, N)` mask of a shifted call is replaced by
 #: one shared mask per group of windows (see the module docstring).
@@ -214,15 +218,18 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     b, h, w, c3 = qkv.shape
     c = c3 // 3
     flat = qkv.reshape(b, h * w, c3)  # (B, H*W, 3C)
-    if b == 1 or call.needs_grad or torch.compiler.is_compiling():
+    chunk = max(1, CHUNK_BYTES // (h * w * c3 * qkv.element_size()))  # images per chunk
+    if chunk >= b or call.needs_grad or torch.compiler.is_compiling():
         lay = layout(call, b)
         return _attend(flat, call, lay, cached_group_masks(call, lay)).view(b, h, w, c)
-    # Eager inference: one image at a time, each one's temporaries the size of one image.
-    lay = layout(call, 1)
-    masks = cached_group_masks(call, lay)
+    # Eager inference, a few images at a time: temporaries stay small enough for the
+    # allocator to reuse them from call to call.
     out = qkv.new_empty(b, h * w, c)  # (B, H*W, C)
-    for i in range(b):
-        _attend(flat[i : i + 1], call, lay, masks, out=out[i])
+    for i in range(0, b, chunk):
+        part = flat[i : i + chunk]  # (chunk, H*W, 3C)
+        lay = layout(call, part.shape[0])
+        masks = cached_group_masks(call, lay)
+        _attend(part, call, lay, masks, out=out[i : i + chunk].view(-1, c))
     return out.view(b, h, w, c)  # (B, H, W, C)
 
 
