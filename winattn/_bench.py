@@ -597,6 +597,7 @@ def run(
         torch.set_num_threads(args.threads)
 
     now = dt.datetime.now().astimezone()
+    machine = machine_info(device)  # before the timing, so that its load average is the start's
     modes = 1 if args.no_backward else 2
     progress = _Progress(len(shapes) * len(batches) * modes * args.repeats, not args.no_progress)
     results: list[Measurement] = []
@@ -613,7 +614,7 @@ def run(
         "benchmark": "winattn attention",
         "date": now.isoformat(timespec="seconds"),
         "command": " ".join([prog, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine_info(device),
+        "machine": machine,
         "settings": {
             "device": args.device,
             "dtype": args.dtype,
