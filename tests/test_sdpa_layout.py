@@ -59,3 +59,20 @@ def test_sdpa_inference_sees_a_loaded_state_dict() -> None:
         module.load_state_dict(other.state_dict())
         got, want = module(x, backend="sdpa"), other(x, backend="reference")
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("full_mask_max_bytes", [0, 1 << 30], ids=["grouped", "full-mask"])
+def test_sdpa_training_gradients_match_reference(
+    monkeypatch: pytest.MonkeyPatch, full_mask_max_bytes: int
+) -> None:
+    monkeypatch.setattr(sdpa, "FULL_MASK_MAX_BYTES", full_mask_max_bytes)
+    module = _module()
+    x = torch.randn(2, 10, 13, 16)
+    grads = []
+    for backend in ("sdpa", "reference"):
+        module.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        module(x_in, backend=backend).square().sum().backward()
+        grads.append((x_in.grad, module.relative_position_bias_table.grad, module.qkv.bias.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

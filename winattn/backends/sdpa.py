@@ -182,6 +182,23 @@ def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
     return [masks[g : g + 1] for g in range(len(lay.groups))] if lay.grouped else [masks]
 
 
+def _attention_for_training(part: Tensor, mask: Tensor | None, call: AttentionCall) -> Tensor:
+    """Attention with autograd, `(windows, N, 3, heads, d)` -> `(windows, heads, N, d)`.
+
+    With a bias that needs a gradient (or dropout), CPU SDPA falls back to its math path,
+    which adds passes over the logits (`_safe_softmax`); plain matmul, softmax, matmul on one
+    contiguous copy of q, k, v is faster there and its backward is as cheap.
+    """
+    q, k, v = part.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # each (windows, heads, N, d)
+    logits = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
+    logits = logits * call.scale if mask is None else torch.add(mask, logits, alpha=call.scale)
+    weights = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    weights = weights.to(v.dtype)
+    if call.dropout_p > 0:
+        weights = F.dropout(weights, p=call.dropout_p, training=True)
+    return weights @ v  # (windows, heads, N, d)
+
+
 def _attend(
     flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
     out: Tensor | None = None,
@@ -202,9 +219,12 @@ def _attend(
         q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
         if mask is not None and mask.shape[0] > 1 and b > 1:  # a mask per window
             mask = mask.expand(b, *mask.shape).reshape(b * count, *mask.shape[1:])
-        res = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
-        )  # (b*count, heads, N, d)
+        if call.needs_grad:
+            res = _attention_for_training(part, mask, call)  # (b*count, heads, N, d)
+        else:
+            res = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
+            )  # (b*count, heads, N, d)
         outs.append(res.transpose(1, 2).reshape(rows, heads * d))  # (b*count*N, C)
         first += rows
     windowed = outs[0] if len(outs) == 1 else torch.cat(outs)  # (b*nW*N, C)
