@@ -216,12 +216,12 @@ def _attend(
     for (count, _), mask in zip(lay.groups, masks):
         rows = b * count * n
         part = windows[first : first + rows].view(b * count, n, 3, heads, d)
-        q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
         if mask is not None and mask.shape[0] > 1 and b > 1:  # a mask per window
             mask = mask.expand(b, *mask.shape).reshape(b * count, *mask.shape[1:])
         if call.needs_grad:
             res = _attention_for_training(part, mask, call)  # (b*count, heads, N, d)
         else:
+            q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
             res = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
             )  # (b*count, heads, N, d)
