@@ -3,14 +3,31 @@
 
 Padding, cyclic shift and partition are one gather with a precomputed index (one copy of
 qkv instead of three); merge, reverse shift and crop are one gather back. The relative
-position bias and the shift mask go to SDPA as one additive float mask of shape
-`(nW, heads, N, N)` (or `(heads, N, N)` without a shift) that broadcasts over the batch, so
-no `(B * nW, heads, N, N)` mask is ever built.
+position bias and the shift mask go to SDPA as an additive float mask.
+
+How the work is laid out matters more than the arithmetic (measured with
+`benchmarks/attention.py`; see `docs/benchmarks.md`):
+
+* q, k and v reach SDPA as 4-D `(windows, heads, N, d)` strided views of the gathered qkv,
+  with a 4-D mask: the form for which PyTorch picks its fused (flash) kernel on the CPU.
+  5-D inputs or a 3-D mask send it to the slower math path.
+* With a shift, only the windows of the last window row and column see wrapped bands, and
+  all windows of each of the (at most) four kinds (inside, last column, last row, corner)
+  share one mask. When the full `(nW, heads, N, N)` mask would be large, the windows are
+  gathered grouped by kind and SDPA runs once per group with a `(1, heads, N, N)` mask
+  broadcast over the group's windows, which keeps the mask in cache. When it is small, one
+  call with the full mask is cheaper than four.
+* In eager inference the batch is processed a few images at a time (`CHUNK_BYTES` of qkv):
+  the temporaries then stay small enough for the allocator to reuse from call to call instead
+  of faulting in fresh pages, which on the CPU costs as much as the copies themselves.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,75 +36,221 @@ from torch import Tensor
 from winattn.backends import AttentionCall, Backend, register_backend
 from winattn.functional import geometry_mask
 
+#: Eager inference gathers the qkv of at most this many bytes of images at a time (at
+#: least one image).
+CHUNK_BYTES = 8 * 1024 * 1024
 
-def _layout_indices(
-    h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device | None
-) -> tuple[Tensor, Tensor]:
+#: Above this many bytes, the full `(nW, heads, N, N)` mask of a shifted call is replaced by
+#: one shared mask per group of windows (see the module docstring).
+FULL_MASK_MAX_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How `b` maps of `(H, W)` tokens map to windows, for one window size and shift.
+
+    Slots are ordered (group, image, window of the group, token of the window), so each group
+    is one contiguous block of windows for one SDPA call. Without grouping there is one group
+    holding every window in row-major order.
+
+    Attributes:
+        gather: `(b * nW * N,)`, the row of the flattened `(b * H * W)` maps that each slot
+            holds (padding slots hold row 0 and are overwritten).
+        scatter: `(b * H * W,)`, the slot of each row of the maps.
+        pad_slots: `(b * P,)`, the padding slots (`P = Hp * Wp - H * W`), possibly empty.
+        groups: per group, `(windows per image, a window of the group)`; every window of a
+            group has the same shift mask as that one.
+        grouped: whether windows are grouped by shift mask (else one group, in order).
+    """
+
+    gather: Tensor
+    scatter: Tensor
+    pad_slots: Tensor
+    groups: tuple[tuple[int, int], ...]
+    grouped: bool
+
+
+def _layout(
+    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
+    device: torch.device | None,
+) -> Layout:
     hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
-    # Gather: for every slot of the windowed, shifted, padded map, which token of the
-    # original map it holds (h * w means a padding token).
-    r = torch.arange(hp, device=device)
-    c = torch.arange(wp, device=device)
-    src_r = (r + sh) % hp  # row of the padded map that lands at shifted row r
-    src_c = (c + sw) % wp
+    nwh, nww = hp // wh, wp // ww
+    # Token of the original map held by each position of the shifted, padded map.
+    src_r = (torch.arange(hp, device=device) + sh) % hp  # (Hp,) row that lands at row r
+    src_c = (torch.arange(wp, device=device) + sw) % wp  # (Wp,)
     inside = (src_r[:, None] < h) & (src_c[None, :] < w)  # (Hp, Wp)
-    src = torch.where(inside, src_r[:, None] * w + src_c[None, :], h * w)  # (Hp, Wp)
-    gather = src.reshape(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1)  # (nW*N,)
-    # Scatter back: for every token of the original map, its slot in the windowed layout.
-    # Shifted row of each original row. `+ hp` keeps the operand of % non-negative, which
-    # inductor's index range analysis needs (a negative one fails to compile on the CPU).
-    dst_r = (torch.arange(h, device=device) + (hp - sh)) % hp
-    dst_c = (torch.arange(w, device=device) + (wp - sw)) % wp
-    nww = wp // ww
-    slot_r = (dst_r // wh) * nww * wh * ww + (dst_r % wh) * ww  # (H,)
-    slot_c = (dst_c // ww) * wh * ww + (dst_c % ww)  # (W,)
-    scatter = (slot_r[:, None] + slot_c[None, :]).reshape(-1)  # (H*W,)
-    return gather, scatter
+    token = src_r[:, None] * w + src_c[None, :]  # (Hp, Wp)
+    token = token.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)  # (nW, N)
+    pad = ~inside.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)  # (nW, N)
+
+    # Kind of each window: whether it is the last along each shifted axis (plain Python, so
+    # that nothing has a data-dependent shape under torch.compile).
+    if grouped:
+        kind = [(r == nwh - 1 and sh > 0, c == nww - 1 and sw > 0) for r in range(nwh) for c in range(nww)]
+    else:
+        kind = [(False, False)] * (nwh * nww)
+    groups, order = [], []
+    for k in sorted(set(kind)):
+        members = [i for i, ki in enumerate(kind) if ki == k]
+        groups.append((len(members), members[0]))
+        order += members
+    order_t = torch.tensor(order, device=device)
+
+    # Key of every slot: its row in the flattened (b*H*W) maps, or b*H*W for padding.
+    image = torch.arange(b, device=device)[:, None, None] * (h * w)  # (b, 1, 1)
+    keys, first = [], 0
+    for count, _ in groups:
+        block = order_t[first : first + count]
+        key = torch.where(pad[block], b * h * w, token[block] + image)  # (b, count, N)
+        keys.append(key.reshape(-1))
+        first += count
+    key = torch.cat(keys)  # (b*nW*N,)
+    by_key = torch.argsort(key, stable=True)  # real tokens in map order, then padding slots
+    return Layout(
+        gather=torch.where(key == b * h * w, 0, key),
+        scatter=by_key[: b * h * w],
+        pad_slots=by_key[b * h * w :],
+        groups=tuple(groups),
+        grouped=grouped,
+    )
 
 
 @functools.lru_cache(maxsize=128)
-def _layout_indices_cached(
-    h: int, w: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    return _layout_indices(h, w, wh, ww, sh, sw, device)
+def _layout_cached(
+    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
+    device: torch.device,
+) -> Layout:
+    return _layout(b, h, w, wh, ww, sh, sw, grouped, device)
 
 
-def layout_indices(call: AttentionCall) -> tuple[Tensor, Tensor]:
-    """`(gather, scatter)`: `(nW * N,)` and `(H * W,)` int64 indices between the map and the
-    windowed layout (shift and padding included). Cached outside `torch.compile`."""
-    args = (*call.size, *call.window_size, *call.shift_size, call.qkv.device)
+def layout(call: AttentionCall, batch: int) -> Layout:
+    """The `Layout` of `batch` maps of `call`'s size. Cached outside `torch.compile`."""
+    (wh, ww), heads = call.window_size, call.num_heads
+    nw = (call.padded[0] // wh) * (call.padded[1] // ww)
+    full_mask_bytes = nw * heads * (wh * ww) ** 2 * call.qkv.element_size()
+    grouped = call.shifted and full_mask_bytes > FULL_MASK_MAX_BYTES
+    args = (batch, *call.size, wh, ww, *call.shift_size, grouped, call.qkv.device)
     if torch.compiler.is_compiling():
-        return _layout_indices(*args)
-    return _layout_indices_cached(*args)
+        return _layout(*args)
+    return _layout_cached(*args)
+
+
+# Inference reuses the masks of a bias table until the table changes: the key names the
+# table's identity (through a weak reference, so that a freed table never matches) and its
+# version counter, which every in-place update (optimizer step, load_state_dict) bumps.
+_MASK_CACHE: dict[tuple, tuple[Any, int, list[Tensor | None]]] = {}
+_MASK_CACHE_SIZE = 64
+
+
+def cached_group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
+    """`group_masks`, reused across inference calls with the same bias table and geometry."""
+    source = call.bias_table if call.bias_table is not None else call.bias
+    if call.needs_grad or torch.compiler.is_compiling() or (
+        source is not None and source.is_inference()
+    ):
+        return group_masks(call, lay)
+    key = (
+        call.window_size, call.shift_size, call.padded, lay.grouped, call.num_heads,
+        call.qkv.dtype, call.qkv.device, None if source is None else id(source),
+        call.bias_table is None,
+    )
+    version = -1 if source is None else source._version
+    hit = _MASK_CACHE.get(key)
+    if hit is not None and (source is None or hit[0]() is source) and hit[1] == version:
+        return hit[2]
+    masks = group_masks(call, lay)
+    if len(_MASK_CACHE) >= _MASK_CACHE_SIZE:
+        _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
+    _MASK_CACHE[key] = (lambda: None) if source is None else weakref.ref(source), version, masks
+    return masks
+
+
+def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
+    """Relative position bias plus shift mask for each group of `lay`: `(1, heads, N, N)`
+    (or `(1, 1, N, N)` without bias) for a group sharing one mask, `(nW, heads, N, N)` for
+    the single group of an ungrouped shifted layout, None when there is nothing to add."""
+    bias = call.dense_bias()  # (heads, N, N) or None
+    bias = None if bias is None else bias.contiguous()[None]  # (1, heads, N, N)
+    if not call.shifted:
+        return [bias]
+    shift = geometry_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
+    shift = shift.to(call.qkv.dtype)[:, None]  # (nW, 1, N, N)
+    if lay.grouped:
+        shift = shift[[window for _, window in lay.groups]]  # (G, 1, N, N)
+    masks = shift if bias is None else bias + shift  # (G or nW, heads or 1, N, N)
+    return [masks[g : g + 1] for g in range(len(lay.groups))] if lay.grouped else [masks]
+
+
+def _attention_for_training(part: Tensor, mask: Tensor | None, call: AttentionCall) -> Tensor:
+    """Attention with autograd, `(windows, N, 3, heads, d)` -> `(windows, heads, N, d)`.
+
+    CPU only. With a bias that needs a gradient (or dropout), CPU SDPA falls back to its math path,
+    which adds passes over the logits (`_safe_softmax`); plain matmul, softmax, matmul on one
+    contiguous copy of q, k, v is faster there and its backward is as cheap.
+    """
+    q, k, v = part.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # each (windows, heads, N, d)
+    logits = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
+    logits = logits * call.scale if mask is None else torch.add(mask, logits, alpha=call.scale)
+    weights = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    weights = weights.to(v.dtype)
+    if call.dropout_p > 0:
+        weights = F.dropout(weights, p=call.dropout_p, training=True)
+    return weights @ v  # (windows, heads, N, d)
+
+
+def _attend(
+    flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
+    out: Tensor | None = None,
+) -> Tensor:
+    """`(b, H * W, 3C)` qkv -> `(b * H * W, C)` attention output in map order (written into
+    `out` when given: inference only)."""
+    b, hw, c3 = flat.shape
+    heads, d = call.num_heads, call.head_dim
+    n = call.window_size[0] * call.window_size[1]
+    windows = flat.reshape(b * hw, c3).index_select(0, lay.gather)  # (b*nW*N, 3C)
+    if lay.pad_slots.numel():
+        pad = flat.new_zeros(c3) if call.pad_qkv is None else call.pad_qkv.to(flat.dtype)
+        windows[lay.pad_slots] = pad.expand(lay.pad_slots.shape[0], c3)  # padding tokens
+    outs, first = [], 0
+    for (count, _), mask in zip(lay.groups, masks):
+        rows = b * count * n
+        part = windows[first : first + rows].view(b * count, n, 3, heads, d)
+        if mask is not None and mask.shape[0] > 1 and b > 1:  # a mask per window
+            mask = mask.expand(b, *mask.shape).reshape(b * count, *mask.shape[1:])
+        if call.needs_grad and flat.device.type == "cpu":
+            res = _attention_for_training(part, mask, call)  # (b*count, heads, N, d)
+        else:
+            q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
+            res = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
+            )  # (b*count, heads, N, d)
+        outs.append(res.transpose(1, 2).reshape(rows, heads * d))  # (b*count*N, C)
+        first += rows
+    windowed = outs[0] if len(outs) == 1 else torch.cat(outs)  # (b*nW*N, C)
+    if out is None:
+        return windowed.index_select(0, lay.scatter)  # (b*H*W, C)
+    return torch.index_select(windowed, 0, lay.scatter, out=out)  # (b*H*W, C)
 
 
 def sdpa_window_attention(call: AttentionCall) -> Tensor:
     qkv = call.qkv
     b, h, w, c3 = qkv.shape
-    c, heads, d = c3 // 3, call.num_heads, call.head_dim
-    (wh, ww), n = call.window_size, call.window_size[0] * call.window_size[1]
-    hp, wp = call.padded
-    nw = (hp // wh) * (wp // ww)
-    gather, scatter = layout_indices(call)
-
+    c = c3 // 3
     flat = qkv.reshape(b, h * w, c3)  # (B, H*W, 3C)
-    if (hp, wp) != (h, w):
-        pad = torch.zeros(c3, dtype=qkv.dtype, device=qkv.device) if call.pad_qkv is None else call.pad_qkv
-        flat = torch.cat([flat, pad.to(qkv.dtype).expand(b, 1, c3)], dim=1)  # (B, H*W+1, 3C)
-    windows = flat[:, gather].view(b, nw, n, 3, heads, d)  # (B, nW, N, 3, heads, d)
-    q, k, v = windows.permute(3, 0, 1, 4, 2, 5).unbind(0)  # each (B, nW, heads, N, d)
-
-    mask = call.dense_bias()  # (heads, N, N) or None
-    if call.shifted:
-        shift = geometry_mask((hp, wp), call.window_size, call.shift_size, qkv.device)
-        shift = shift[:, None].to(qkv.dtype)  # (nW, 1, N, N)
-        mask = shift if mask is None else mask + shift  # (nW, heads, N, N)
-
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
-    )  # (B, nW, heads, N, d)
-    out = out.transpose(2, 3).reshape(b, nw * n, c)  # (B, nW*N, C)
-    return out[:, scatter].view(b, h, w, c)  # (B, H, W, C)
+    chunk = max(1, CHUNK_BYTES // (h * w * c3 * qkv.element_size()))  # images per chunk
+    if chunk >= b or call.needs_grad or torch.compiler.is_compiling():
+        lay = layout(call, b)
+        return _attend(flat, call, lay, cached_group_masks(call, lay)).view(b, h, w, c)
+    # Eager inference, a few images at a time: temporaries stay small enough for the
+    # allocator to reuse them from call to call.
+    out = qkv.new_empty(b, h * w, c)  # (B, H*W, C)
+    for i in range(0, b, chunk):
+        part = flat[i : i + chunk]  # (chunk, H*W, 3C)
+        lay = layout(call, part.shape[0])
+        masks = cached_group_masks(call, lay)
+        _attend(part, call, lay, masks, out=out[i : i + chunk].view(-1, c))
+    return out.view(b, h, w, c)  # (B, H, W, C)
 
 
 @register_backend

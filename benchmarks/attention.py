@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Window-attention benchmark: winattn's backends, timm's Swin path, torchvision and the GEMM
+floor at the codec shapes; prints a table and writes JSON to `benchmarks/results/`.
+
+The implementation lives in `winattn/_bench.py` so that the installed `winattn bench` command
+runs the same code. Usage (from the repository root):
+
+    python benchmarks/attention.py            # the default shapes, batch 1 and 8, 2 threads
+    python benchmarks/attention.py --quick    # a smoke test
+    python benchmarks/attention.py --help
+"""
+
+import sys
+from pathlib import Path
+
+try:
+    import winattn  # noqa: F401
+except ImportError:  # run from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from winattn._bench import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The SDPA backend's layout choices (grouped or full shift mask) and its inference mask
+cache, checked against the reference backend."""
+
+import pytest
+import torch
+
+from winattn import WindowAttention
+from winattn.backends import sdpa
+
+ATOL = 1e-5
+
+
+def _module() -> WindowAttention:
+    torch.manual_seed(0)
+    module = WindowAttention(dim=16, num_heads=2, window_size=4, shift_size=2).eval()
+    with torch.no_grad():
+        module.relative_position_bias_table.normal_()
+    return module
+
+
+IMAGE_QKV_BYTES = 10 * 13 * 3 * 16 * 4  # one (10, 13) map of qkv, float32
+
+
+@pytest.mark.parametrize("full_mask_max_bytes", [0, 1 << 30], ids=["grouped", "full-mask"])
+@pytest.mark.parametrize(
+    "chunk_bytes", [1, 2 * IMAGE_QKV_BYTES, 1 << 30], ids=["by-image", "by-two", "whole-batch"]
+)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sdpa_layouts_match_reference_with_padding_and_shift(
+    monkeypatch: pytest.MonkeyPatch, full_mask_max_bytes: int, chunk_bytes: int, batch: int
+) -> None:
+    monkeypatch.setattr(sdpa, "FULL_MASK_MAX_BYTES", full_mask_max_bytes)
+    monkeypatch.setattr(sdpa, "CHUNK_BYTES", chunk_bytes)
+    module = _module()
+    x = torch.randn(batch, 10, 13, 16)
+    with torch.no_grad():
+        got, want = module(x, backend="sdpa"), module(x, backend="reference")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_sdpa_inference_sees_an_in_place_update_of_the_bias_table() -> None:
+    module = _module()
+    x = torch.randn(2, 8, 8, 16)
+    with torch.no_grad():
+        module(x, backend="sdpa")  # fills the mask cache
+        module.relative_position_bias_table.mul_(-3.0)
+        got, want = module(x, backend="sdpa"), module(x, backend="reference")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_sdpa_inference_sees_a_loaded_state_dict() -> None:
+    module, other = _module(), _module()
+    with torch.no_grad():
+        other.relative_position_bias_table.normal_(std=2.0)
+    x = torch.randn(1, 8, 8, 16)
+    with torch.no_grad():
+        module(x, backend="sdpa")  # fills the mask cache
+        module.load_state_dict(other.state_dict())
+        got, want = module(x, backend="sdpa"), other(x, backend="reference")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("full_mask_max_bytes", [0, 1 << 30], ids=["grouped", "full-mask"])
+def test_sdpa_training_gradients_match_reference(
+    monkeypatch: pytest.MonkeyPatch, full_mask_max_bytes: int
+) -> None:
+    monkeypatch.setattr(sdpa, "FULL_MASK_MAX_BYTES", full_mask_max_bytes)
+    module = _module()
+    x = torch.randn(2, 10, 13, 16)
+    grads = []
+    for backend in ("sdpa", "reference"):
+        module.zero_grad(set_to_none=True)
+        x_in = x.clone().requires_grad_(True)
+        module(x_in, backend=backend).square().sum().backward()
+        grads.append((x_in.grad, module.relative_position_bias_table.grad, module.qkv.bias.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
