@@ -7,8 +7,9 @@ Usage::
     python examples/stf/codec.py decode photo.bin -o photo_dec.png --checkpoint stf_q3.pth.tar
     python examples/stf/codec.py info photo.bin
 
-Official checkpoints do not record their model: add `--model stf` (and `--quality 3` to note
-the rate point in the header) when encoding; decoding reads the model name from the file.
+Official checkpoints work too (the model is recognised from their parameter names); they do
+not record their rate point, so add `--quality 3` (and `--metric mse`) to note it in the
+header. Decoding reads the model name from the file.
 
 File layout (integers big-endian)::
 
@@ -243,7 +244,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     enc = sub.add_parser("encode", help="image -> bitstream file")
     common(enc)
     enc.add_argument("-m", "--model", choices=sorted(zoo.MODEL_CLASSES),
-                     help="model of an official checkpoint")
+                     help="expected model (default: the checkpoint's)")
     enc.add_argument("-q", "--quality", type=int, choices=range(1, 7),
                      help="rate point to record for an official checkpoint")
     enc.add_argument("--metric", choices=METRICS[1:],

@@ -8,7 +8,8 @@ included). One checkpoint is one rate point::
     python examples/stf/eval.py /data/kodak --checkpoint runs/stf_q*/checkpoint_best.pth.tar \\
         -o stf_kodak.json --plot kodak_rd.png --compare compressai_mbt2018.json
 
-Official checkpoints need `--model stf` or `--model cnn`. The JSON has CompressAI's
+Official checkpoints load as they are (the model is recognised from the parameter names;
+`--model` makes it explicit). The JSON has CompressAI's
 `eval_model` layout (`name`, `description`, `results` with one list entry per checkpoint) plus
 `per_image` details; `--compare` accepts such files and flat `{"bpp": [...], "psnr": [...]}`
 ones. Plotting alone: `python examples/stf/eval.py --compare a.json b.json --plot rd.png`.
@@ -180,7 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-c", "--checkpoint", nargs="+", type=Path, default=[],
                         help="one checkpoint per rate point")
     parser.add_argument("-m", "--model", choices=sorted(zoo.MODEL_CLASSES),
-                        help="model of official checkpoints")
+                        help="expected model (default: the checkpoint's)")
     parser.add_argument("--name", help="curve name (default: MODEL-METRIC)")
     parser.add_argument("-o", "--output", type=Path, help="write the JSON here")
     parser.add_argument("--plot", type=Path, help="write the RD plot (PNG) here")

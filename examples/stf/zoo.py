@@ -4,7 +4,8 @@
 The scripts name the two codecs of the paper `"stf"` (`SymmetricalTransFormer`) and `"cnn"`
 (`WACNN`). Training checkpoints written by `train.py` record the model name, its constructor
 arguments and the rate point, so `eval.py` and `codec.py` rebuild the model from the file alone;
-official checkpoints hold only weights, so those need `--model` (and `--quality` for the header).
+official checkpoints hold only weights (the model is told by their parameter names; `--quality`
+records the rate point).
 
 Example:
     >>> from examples.stf.zoo import lambda_for
@@ -140,6 +141,7 @@ def load_model(
     name: str | None = None,
     quality: int | None = None,
     map_location: str | torch.device = "cpu",
+    config: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelInfo]:
     """Loads a training checkpoint of `train.py` or an official checkpoint, in eval mode.
 
@@ -147,13 +149,16 @@ def load_model(
 
     Args:
         path: the checkpoint file.
-        name: model name; required for official checkpoints, checked against training ones.
+        name: model name; checked against training checkpoints, inferred from the parameter
+            names of official ones when None.
         quality: the rate point to record (official checkpoints do not store it).
         map_location: where to load the tensors.
+        config: constructor arguments for official-format checkpoints of non-default models
+            (training checkpoints record their own).
 
     Raises:
-        ValueError: if the name is missing or contradicts the checkpoint, or the file is not a
-            checkpoint of a known model.
+        ValueError: if the name contradicts the checkpoint, or the file is not a checkpoint of
+            a known model.
     """
     checkpoint = read_checkpoint(path, map_location)
     if is_training_checkpoint(checkpoint):
@@ -173,22 +178,16 @@ def load_model(
         model = build_model(info.name, info.config)
         model.load_state_dict(checkpoint["state_dict"])
     else:
+        loader = importlib.import_module("examples.stf.loader")
         if name is None:
-            raise ValueError(
-                f"checkpoint {str(path)!r} does not record its model; pass --model "
-                f"({' or '.join(sorted(MODEL_CLASSES))})."
-            )
-        info = ModelInfo(name=check_model_name(name), quality=quality)
-        model = _load_official(name, checkpoint)
+            name = loader.infer_arch(loader.convert_official_state_dict(checkpoint))
+        info = ModelInfo(name=check_model_name(name), config=dict(config or {}), quality=quality)
+        # the loader checks the keys and loads strictly; update() follows below
+        model = loader.load_official(checkpoint, arch=info.name, map_location=None,
+                                     update=False, **info.config)
     model = model.to(map_location).eval()
     model.update(force=True)
     return model, info
-
-
-def _load_official(name: str, checkpoint: dict) -> nn.Module:
-    """An official STF/WACNN checkpoint through the models' loader (strict, old names mapped)."""
-    loader = importlib.import_module("examples.stf.loader")
-    return loader.load_official(checkpoint, MODEL_CLASSES[name])
 
 
 def weights_fingerprint(model: nn.Module) -> int:

@@ -167,3 +167,19 @@ def test_decode_to_an_unknown_image_suffix_is_refused_before_decoding(files, cap
     code = codec.main(["decode", str(files["bitstream"]), "-o", str(output),
                        "--checkpoint", str(files["checkpoint"])])
     assert (code, ".unknown" in capsys.readouterr().err, output.exists()) == (1, True, False)
+
+
+def test_official_format_checkpoint_is_recognised_and_round_trips(tmp_path):
+    torch.manual_seed(3)
+    model = zoo.build_model("cnn", zoo.TINY_CONFIGS["cnn"])
+    official = {"epoch": 7, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    path = tmp_path / "official.pth.tar"
+    torch.save(official, path)
+    loaded, info = zoo.load_model(path, quality=4, config=zoo.TINY_CONFIGS["cnn"])
+    x = torch.rand(3, HEIGHT, WIDTH)
+    stream = codec.unpack(codec.encode_image(loaded, info, x))
+    with torch.no_grad():
+        expected = loaded(x[None])["x_hat"].clamp(0, 1)[0]
+    decoded = codec.decode_stream(loaded, info, stream)
+    assert (stream.model, stream.quality) == ("cnn", 4)
+    torch.testing.assert_close(decoded, expected, atol=0, rtol=0)
