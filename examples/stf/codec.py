@@ -21,11 +21,15 @@ File layout (integers big-endian)::
     9+N     4     CRC-32 of bytes [0, 9+N)
 
     body: u8 name length, model name (ASCII), u8 quality (0: unknown), u8 metric
-          (0: unknown, 1: mse, 2: ms-ssim), u32 weights fingerprint, u32 height, u32 width,
-          u8 string count, then per string: u32 length and the bytes (y, then z).
+          (0: unknown, 1: mse, 2: ms-ssim), u32 weights fingerprint, u32 image checksum,
+          u32 height, u32 width, u8 string count, then per string: u32 length and the bytes
+          (y, then z).
 
-A truncated, corrupted or foreign file, or a checkpoint other than the one that encoded the
-file, is reported as an error (exit status 1) and nothing is written.
+The image checksum is the CRC-32 of the 8-bit reconstruction, which the encoder computes by
+decoding its own output. A truncated, corrupted or foreign file, a checkpoint other than the one
+that encoded the file, or a decoder that reconstructs other pixels than the encoder did (for
+example another device whose arithmetic rounds differently) is reported as an error (exit
+status 1), and nothing is written.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from torch import nn  # noqa: E402
 
 from examples.stf import zoo  # noqa: E402
 from examples.stf.atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from examples.stf.data import image_format_for, read_image, write_image  # noqa: E402
+from examples.stf.data import image_format_for, read_image, to_uint8, write_image  # noqa: E402
 
 MAGIC = b"\x89WAC"
 FORMAT_VERSION = 1
@@ -67,12 +71,13 @@ class Bitstream:
         quality: rate point 1..6, or None when unknown.
         metric: "mse", "ms-ssim" or None when unknown.
         fingerprint: `zoo.weights_fingerprint` of the encoding model.
+        image_crc: `image_checksum` of the reconstruction the encoder decoded.
         height, width: size of the original image in pixels.
         strings: the model's byte strings for this image (`[y, z]`).
 
     Example:
         >>> from examples.stf.codec import Bitstream, pack, unpack
-        >>> stream = Bitstream("stf", 3, "mse", 1234, 20, 30, [b"yy", b"z"])
+        >>> stream = Bitstream("stf", 3, "mse", 1234, 5678, 20, 30, [b"yy", b"z"])
         >>> unpack(pack(stream)) == stream
         True
     """
@@ -81,6 +86,7 @@ class Bitstream:
     quality: int | None
     metric: str | None
     fingerprint: int
+    image_crc: int
     height: int
     width: int
     strings: list[bytes]
@@ -91,10 +97,11 @@ def pack(stream: Bitstream) -> bytes:
     name = stream.model.encode("ascii")
     body = bytearray(struct.pack(">B", len(name)) + name)
     body += struct.pack(
-        ">BBIIIB",
+        ">BBIIIIB",
         stream.quality or 0,
         METRICS.index(stream.metric),
         stream.fingerprint,
+        stream.image_crc,
         stream.height,
         stream.width,
         len(stream.strings),
@@ -147,7 +154,7 @@ def unpack(data: bytes) -> Bitstream:
 def _parse_body(body: memoryview) -> Bitstream:
     reader = _Reader(body)
     model = reader.take(reader.unpack(">B")[0]).decode("ascii", errors="replace")
-    quality, metric_code, fingerprint, height, width, count = reader.unpack(">BBIIIB")
+    quality, metric_code, fingerprint, image_crc, height, width, count = reader.unpack(">BBIIIIB")
     strings = [reader.take(reader.unpack(">I")[0]) for _ in range(count)]
     if reader.offset != len(body):
         raise BitstreamError(f"malformed bitstream: {len(body) - reader.offset} stray body bytes.")
@@ -159,8 +166,8 @@ def _parse_body(body: memoryview) -> Bitstream:
         )
     if min(height, width) < 1:
         raise BitstreamError(f"malformed bitstream: image size {height}x{width}.")
-    return Bitstream(model, quality or None, METRICS[metric_code], fingerprint, height, width,
-                     strings)
+    return Bitstream(model, quality or None, METRICS[metric_code], fingerprint, image_crc, height,
+                     width, strings)
 
 
 class _Reader:
@@ -183,8 +190,15 @@ class _Reader:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
 
 
+def image_checksum(x: torch.Tensor) -> int:
+    """CRC-32 of the 8-bit pixels of `x: (3, H, W)` in [0, 1], as written to an image file."""
+    return zlib.crc32(to_uint8(x).cpu().contiguous().numpy().tobytes())
+
+
 def encode_image(model: nn.Module, info: zoo.ModelInfo, x: torch.Tensor) -> bytes:
     """Compresses one image into the bytes of a file.
+
+    The encoder also decodes its output once, to record the checksum of the reconstruction.
 
     Args:
         model: an updated model in eval mode (see `zoo.load_model`).
@@ -194,9 +208,10 @@ def encode_image(model: nn.Module, info: zoo.ModelInfo, x: torch.Tensor) -> byte
     param = next(model.parameters())
     out = model.compress(x[None].to(param.device, param.dtype))  # (1, 3, H, W)
     height, width = (int(s) for s in out["shape"])
+    x_hat = model.decompress(out["strings"], out["shape"])["x_hat"][0]  # (3, H, W)
     strings = [group[0] for group in out["strings"]]  # one image: first string of each group
     stream = Bitstream(info.name, info.quality, info.metric, zoo.weights_fingerprint(model),
-                       height, width, strings)
+                       image_checksum(x_hat), height, width, strings)
     return pack(stream)
 
 
@@ -207,7 +222,8 @@ def decode_stream(model: nn.Module, info: zoo.ModelInfo, stream: Bitstream) -> t
         x_hat: (3, H, W) in [0, 1], at the original image size.
 
     Raises:
-        BitstreamError: if `model` is not the model that encoded the file.
+        BitstreamError: if `model` is not the model that encoded the file, or decodes other
+            pixels than the encoder did.
     """
     if stream.model != info.name:
         raise BitstreamError(
@@ -226,6 +242,13 @@ def decode_stream(model: nn.Module, info: zoo.ModelInfo, stream: Bitstream) -> t
         raise BitstreamError(
             f"decoded image has shape {tuple(x_hat.shape)}, the header says "
             f"(1, 3, {stream.height}, {stream.width})."
+        )
+    checksum = image_checksum(x_hat[0])
+    if checksum != stream.image_crc:
+        raise BitstreamError(
+            f"the decoded pixels differ from the encoder's reconstruction (checksum {checksum:08x}"
+            f", expected {stream.image_crc:08x}); the arithmetic here rounds differently, so "
+            "decode on the kind of device and software that encoded the file."
         )
     return x_hat[0]
 

@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="one checkpoint per rate point")
     parser.add_argument("-m", "--model", choices=sorted(zoo.MODEL_CLASSES),
                         help="expected model (default: the checkpoint's)")
-    parser.add_argument("--name", help="curve name (default: MODEL-METRIC)")
+    parser.add_argument("--name", help="curve name (default: MODEL-METRIC, e.g. stf-mse)")
     parser.add_argument("-o", "--output", type=Path, help="write the JSON here")
     parser.add_argument("--plot", type=Path, help="write the RD plot (PNG) here")
     parser.add_argument("--compare", nargs="+", type=Path, default=[],
@@ -207,7 +207,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         model, info = zoo.load_model(checkpoint, args.model, map_location=args.device)
         model = model.to(DTYPES[args.dtype])
         means, per_image = evaluate_checkpoint(model, images, args.images, args.warmup)
-        name = name or f"{info.name}-{info.metric or 'mse'}"
+        name = name or "-".join(filter(None, (info.name, info.metric)))
         points.append((means, {"checkpoint": str(checkpoint), "quality": info.quality,
                                "lmbda": info.lmbda, "images": per_image}))
         print(f"{checkpoint}: " + ", ".join(f"{k}={_fmt(means[k])}" for k in METRIC_KEYS),

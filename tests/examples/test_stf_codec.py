@@ -22,8 +22,8 @@ HEIGHT, WIDTH = 37, 53  # not multiples of the latent stride
 
 
 def _stream(**changes) -> codec.Bitstream:
-    fields = dict(model="stf", quality=3, metric="mse", fingerprint=0xDEADBEEF, height=37,
-                  width=53, strings=[b"y-bytes", b"z"])
+    fields = dict(model="stf", quality=3, metric="mse", fingerprint=0xDEADBEEF,
+                  image_crc=0x12345678, height=37, width=53, strings=[b"y-bytes", b"z"])
     return codec.Bitstream(**{**fields, **changes})
 
 
@@ -141,6 +141,14 @@ def test_decode_with_other_weights_is_refused(files, capsys):
     code = codec.main(["decode", str(files["bitstream"]), "-o", str(output),
                        "--checkpoint", str(other)])
     assert (code, "other weights" in capsys.readouterr().err, output.exists()) == (1, True, False)
+
+
+def test_decoder_reconstructing_other_pixels_than_the_encoder_is_refused(files):
+    stream = codec.unpack(files["bitstream"].read_bytes())
+    stream.image_crc ^= 1
+    model, info = zoo.load_model(files["checkpoint"])
+    with pytest.raises(codec.BitstreamError, match="differ from the encoder's reconstruction"):
+        codec.decode_stream(model, info, stream)
 
 
 def test_encode_does_not_overwrite_an_existing_output_without_force(files, capsys):
