@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SMOKE_DIR = Path(__file__).resolve().parent / "assets" / "smoke"
+# 5-scale MS-SSIM with 11-tap windows (pytorch_msssim) needs each side above (11 - 1) * 2**4.
+MIN_MS_SSIM_SIDE = 161
 
 
 def find_images(root: str | Path) -> list[Path]:

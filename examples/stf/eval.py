@@ -32,9 +32,13 @@ from torch import nn  # noqa: E402
 
 from examples.stf import zoo  # noqa: E402
 from examples.stf.atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from examples.stf.data import find_images, read_image, to_uint8  # noqa: E402
+from examples.stf.data import (  # noqa: E402
+    MIN_MS_SSIM_SIDE,
+    find_images,
+    read_image,
+    to_uint8,
+)
 
-MIN_MS_SSIM_SIDE = 161  # 5-scale MS-SSIM with 11-tap windows needs a side above 160
 METRIC_KEYS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from examples.stf import zoo  # noqa: E402
-from examples.stf.data import SMOKE_DIR, ImageFolder  # noqa: E402
+from examples.stf.data import MIN_MS_SSIM_SIDE, SMOKE_DIR, ImageFolder  # noqa: E402
 
 # What --smoke changes, unless given explicitly on the command line.
 SMOKE_DEFAULTS = dict(
@@ -48,7 +48,6 @@ FULL_DEFAULTS = dict(
     iterations=2_000_000, batch_size=16, patch_size=256, val_every=5000, save_every=5000,
     num_workers=4,
 )
-MIN_MS_SSIM_SIDE = 161  # pytorch_msssim's 5-scale MS-SSIM needs a side above (11 - 1) * 2**4
 
 
 class RateDistortionLoss(nn.Module):
@@ -102,7 +101,14 @@ class RateDistortionLoss(nn.Module):
 
 @dataclass
 class Runtime:
-    """Where this process runs: rank, world size and device."""
+    """Where this process runs: rank, world size and device.
+
+    Example:
+        >>> import torch
+        >>> from examples.stf.train import Runtime
+        >>> Runtime(rank=0, world_size=1, device=torch.device("cpu")).distributed
+        False
+    """
 
     rank: int
     world_size: int
