@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from examples.stf import codec, zoo
+from examples.stf.atomic import atomic_write
 from examples.stf.data import read_image, to_uint8
 from tests.examples.stf_helpers import (
     SCRIPTS,
@@ -191,3 +192,13 @@ def test_official_format_checkpoint_is_recognised_and_round_trips(tmp_path):
     decoded = codec.decode_stream(loaded, info, stream)
     assert (stream.model, stream.quality) == ("cnn", 4)
     torch.testing.assert_close(decoded, expected, atol=0, rtol=0)
+
+
+def test_failed_atomic_write_leaves_neither_output_nor_temporary_file(tmp_path):
+    def write_half_then_fail(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "out.bin", write_half_then_fail)
+    assert list(tmp_path.iterdir()) == []
