@@ -26,8 +26,12 @@ from compressai.models import CompressionModel
 from compressai.models.utils import conv
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
+from torch.func import functional_call
 
 __all__ = ["ChannelARCodec", "hyper_widths"]
+
+#: CompressAI's default likelihood lower bound, used by both entropy models here.
+_LIKELIHOOD_BOUND = 1e-9
 
 #: `step(slice_index, mu, scale) -> y_hat_slice` (before the latent residual prediction).
 SliceStep = Callable[[int, Tensor, Tensor], Tensor]
@@ -85,6 +89,21 @@ def _slice_transform(in_channels: int, hidden: Sequence[int], out_channels: int)
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [conv(a, b, kernel_size=3, stride=1), nn.GELU()]
     return nn.Sequential(*layers[:-1])
+
+
+def _likelihoods_fp32(model: EntropyModel, *inputs: Tensor) -> Tensor:
+    """`model(*inputs)[1]` (the likelihoods), computed in fp32 whatever the model's dtype.
+
+    On a model cast to fp16, CompressAI's likelihood lower bound (1e-9) has underflowed to 0
+    in the module's buffer, so it is applied again here. Gradients reach the parameters.
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    if all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point()):
+        return model(*(t.float() for t in inputs))[1]
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    likelihoods = functional_call(model, tensors, tuple(t.float() for t in inputs))[1]
+    return likelihoods.clamp_min(_LIKELIHOOD_BOUND)
 
 
 class ChannelARCodec(CompressionModel):
@@ -232,7 +251,7 @@ class ChannelARCodec(CompressionModel):
         # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
         y = self.analysis(x).contiguous()
         z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
+        z_likelihoods = _likelihoods_fp32(self.entropy_bottleneck, z)
         z_offset = self.entropy_bottleneck._get_medians()
         z_hat = (quantize_ste(z - z_offset) + z_offset).contiguous()
 
@@ -240,9 +259,7 @@ class ChannelARCodec(CompressionModel):
         y_likelihoods: list[Tensor] = []
 
         def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
-            # likelihoods in fp32: 1e-9 (the lower bound) underflows in fp16
-            _, likelihood = self.gaussian_conditional(y_slices[i].float(), scale.float(), mu.float())
-            y_likelihoods.append(likelihood)
+            y_likelihoods.append(_likelihoods_fp32(self.gaussian_conditional, y_slices[i], scale, mu))
             return quantize_ste(y_slices[i] - mu) + mu
 
         y_hat = self._decode_slices(z_hat, y.shape[-2:], step)
