@@ -250,6 +250,31 @@ def average_gradients(params: list[nn.Parameter], runtime: Runtime) -> None:
             param.grad.div_(runtime.world_size)
 
 
+@torch.no_grad()
+def check_replicas_in_sync(model: nn.Module, runtime: Runtime) -> None:
+    """Checks that every process holds the same parameters (a collective call).
+
+    Compares per-parameter sums in float64 across the processes: equal weights give equal
+    sums, bit for bit.
+
+    Raises:
+        RuntimeError: naming the first parameter whose sums differ.
+    """
+    if not runtime.distributed:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    sums = torch.stack([p.double().sum() for p in model.parameters()])  # (P,)
+    gathered = [torch.empty_like(sums) for _ in range(runtime.world_size)]
+    dist.all_gather(gathered, sums)
+    differs = (torch.stack(gathered) != sums).any(dim=0)  # (P,)
+    if differs.any():
+        first = names[int(differs.nonzero()[0])]
+        raise RuntimeError(
+            f"the processes' weights have diverged (first at {first!r}); this is a bug in the "
+            "distributed setup, not in the data. Report it with the command line."
+        )
+
+
 def train_step(model, raw_model, batch, criterion, optimizers, params, args) -> dict[str, float]:
     """One optimizer step of the main and the aux optimizer; returns the loss terms."""
     optimizer, aux_optimizer = optimizers
@@ -376,6 +401,7 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
     train_loader, val_loader = make_loaders(args, runtime)
 
     def save(name: str) -> None:
+        check_replicas_in_sync(model, runtime)  # rank 0 saves for all of them
         if runtime.is_main:
             zoo.save_checkpoint(
                 args.save_dir / name, model, info, step=step, best_loss=best_loss,
