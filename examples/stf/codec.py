@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> str:
         return f"{args.output}: {len(data)} bytes, {bpp:.4f} bpp (header included)"
     image_format = image_format_for(args.output)
     stream = unpack(args.input.read_bytes())
-    model, info = zoo.load_model(args.checkpoint, stream.model, None, args.device)
+    model, info = zoo.load_model(args.checkpoint, map_location=args.device)  # name checked below
     x_hat = decode_stream(model, info, stream)
     atomic_write(args.output, lambda tmp: write_image(x_hat, tmp, image_format),
                  overwrite=args.force)

@@ -202,3 +202,12 @@ def test_failed_atomic_write_leaves_neither_output_nor_temporary_file(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(tmp_path / "out.bin", write_half_then_fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_decode_with_a_checkpoint_of_the_other_model_names_both(files, capsys):
+    other = save_tiny_checkpoint(files["root"] / "stf.pth.tar", "stf", seed=0)
+    output = files["root"] / "never.png"
+    code = codec.main(["decode", str(files["bitstream"]), "-o", str(output),
+                       "--checkpoint", str(other)])
+    message = capsys.readouterr().err
+    assert (code, "'cnn'" in message and "'stf'" in message, output.exists()) == (1, True, False)
