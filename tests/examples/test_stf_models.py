@@ -153,7 +153,8 @@ def test_forward_returns_the_input_size(tiny: torch.nn.Module, size: tuple[int, 
         assert tiny(x)["x_hat"].shape == x.shape
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: "x".join(map(str, s)))
+# 512x768 (a multiple of 64) only runs the forward above, to keep CI short
+@pytest.mark.parametrize("size", SIZES[:-1], ids=lambda s: "x".join(map(str, s)))
 def test_decompress_equals_eval_forward_exactly(tiny: torch.nn.Module, size: tuple[int, int, int]) -> None:
     x = _image(*size)
     with torch.no_grad():
