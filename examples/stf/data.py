@@ -1,0 +1,172 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Image folders, crops and flips for the STF training and evaluation scripts.
+
+Images are read with Pillow and turned into float tensors in `[0, 1]` without torchvision, so
+the scripts need nothing beyond the `examples` extra of the package.
+
+Example:
+    >>> from examples.stf.data import ImageFolder, SMOKE_DIR
+    >>> crops = ImageFolder(SMOKE_DIR, patch_size=32, train=True)
+    >>> crops[0].shape
+    torch.Size([3, 32, 32])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+SMOKE_DIR = Path(__file__).resolve().parent / "assets" / "smoke"
+# 5-scale MS-SSIM with 11-tap windows (pytorch_msssim) needs each side above (11 - 1) * 2**4.
+MIN_MS_SSIM_SIDE = 161
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Lists the image files under `root` (recursively), sorted by path.
+
+    Raises:
+        FileNotFoundError: if `root` is not a directory or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist; pass a directory.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}."
+        )
+    return files
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Reads an image as RGB.
+
+    Returns:
+        x: (3, H, W) float32 in [0, 1].
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        array = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+
+
+def image_format_for(path: str | Path) -> str:
+    """Pillow's format name for the suffix of `path` ("PNG" for `.png`).
+
+    Raises:
+        ValueError: if Pillow cannot write files with that suffix.
+    """
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None or image_format not in Image.SAVE:
+        raise ValueError(
+            f"cannot write images with suffix {suffix!r} (output {str(path)!r}); use .png."
+        )
+    return image_format
+
+
+def write_image(x: torch.Tensor, path: str | Path, image_format: str | None = None) -> None:
+    """Writes `x: (3, H, W)` in [0, 1] as an 8-bit RGB image.
+
+    Args:
+        x: (3, H, W) image; values outside [0, 1] are clamped.
+        path: the file to write.
+        image_format: Pillow format name; from the suffix of `path` when None.
+    """
+    from PIL import Image
+
+    array = to_uint8(x).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+    Image.fromarray(array).save(path, format=image_format or image_format_for(path))
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Rounds `x` in [0, 1] to 8-bit levels (values outside are clamped), same shape."""
+    return x.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+
+
+def random_crop_flip(x: torch.Tensor, size: int, generator: torch.Generator | None = None):
+    """A random `size` x `size` crop with random horizontal and vertical flips.
+
+    Images smaller than `size` on a side are reflect-padded first (replicate-padded where the
+    image is too small to reflect).
+
+    Args:
+        x: (3, H, W) image.
+        size: side of the square crop.
+        generator: random source (the global one when None).
+
+    Returns:
+        crop: (3, size, size).
+    """
+    x = pad_to_at_least(x, size)
+    _, h, w = x.shape
+    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    crop = x[:, top : top + size, left : left + size]
+    flips = torch.rand(2, generator=generator) < 0.5
+    if flips[0]:
+        crop = crop.flip(-1)
+    if flips[1]:
+        crop = crop.flip(-2)
+    return crop.contiguous()
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The central `size` x `size` crop of `x: (3, H, W)` (padded like `random_crop_flip`)."""
+    x = pad_to_at_least(x, size)
+    _, h, w = x.shape
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[:, top : top + size, left : left + size].contiguous()
+
+
+def pad_to_at_least(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Pads `x: (3, H, W)` at the bottom/right to at least `size` on each side."""
+    _, h, w = x.shape
+    pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    padded = torch.nn.functional.pad(x[None], (0, pad_w, 0, pad_h), mode=mode)  # (1, 3, H', W')
+    return padded[0]
+
+
+class ImageFolder(Dataset):
+    """The images of a folder as fixed-size crops.
+
+    Training crops are random with random flips; validation crops are central, so validation
+    losses are comparable from one run to the next.
+
+    Args:
+        root: folder searched recursively for images.
+        patch_size: side of the square crops.
+        train: random crops and flips when True, central crops when False.
+
+    Example:
+        >>> from examples.stf.data import ImageFolder, SMOKE_DIR
+        >>> val = ImageFolder(SMOKE_DIR, patch_size=48, train=False)
+        >>> val[0].shape
+        torch.Size([3, 48, 48])
+    """
+
+    def __init__(self, root: str | Path, patch_size: int = 256, train: bool = True):
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {patch_size=}.")
+        self.files = find_images(root)
+        self.patch_size = patch_size
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x = read_image(self.files[index])
+        if self.train:
+            return random_crop_flip(x, self.patch_size)
+        return center_crop(x, self.patch_size)

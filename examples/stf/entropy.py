@@ -1,0 +1,399 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The entropy model shared by both codecs of the paper: a hyperprior with a channel-wise
+autoregressive Gaussian model and latent residual prediction (Minnen & Singh, 2020).
+
+`ChannelARCodec` owns everything between the latent `y` and the bits: the hyper transforms
+(`h_a`, `h_mean_s`, `h_scale_s`), the per-slice transforms (`cc_mean_transforms`,
+`cc_scale_transforms`, `lrp_transforms`), CompressAI's `EntropyBottleneck` for `z` and
+`GaussianConditional` for `y`. Subclasses supply the image transforms (`analysis`,
+`synthesis`) and the latent stride.
+
+The slice loop is written once (`_decode_slices`) and driven three ways, so that `forward`,
+`compress` and `decompress` cannot drift apart: every slice is quantised as
+`round(y - mu) + mu`, in all three, in the model's dtype. Hence `decompress(compress(x))`
+equals the eval-mode `forward(x)["x_hat"].clamp(0, 1)` exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
+from compressai.layers import conv3x3, subpel_conv3x3
+from compressai.models import CompressionModel
+from compressai.models.utils import conv
+from compressai.ops import quantize_ste
+from torch import Tensor, nn
+from torch.func import functional_call
+
+__all__ = ["ChannelARCodec", "hyper_widths"]
+
+#: CompressAI's default likelihood lower bound, used by both entropy models here.
+_LIKELIHOOD_BOUND = 1e-9
+
+#: `step(slice_index, mu, scale) -> y_hat_slice` (before the latent residual prediction).
+SliceStep = Callable[[int, Tensor, Tensor], Tensor]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def hyper_widths(latent_channels: int, hyper_channels: int) -> list[int]:
+    """Channel widths of the hyper-analysis, from the latent down to the hyper-latent in four
+    equal steps (as in both official models: 384 -> 192 and 320 -> 192).
+
+    Example:
+        >>> hyper_widths(320, 192)
+        [320, 288, 256, 224, 192]
+    """
+    step = (latent_channels - hyper_channels) / 4
+    return [round(latent_channels - k * step) for k in range(5)]
+
+
+def _hyper_analysis(chain: Sequence[int]) -> nn.Sequential:
+    c = chain
+    return nn.Sequential(
+        conv3x3(c[0], c[1]),
+        nn.GELU(),
+        conv3x3(c[1], c[2]),
+        nn.GELU(),
+        conv3x3(c[2], c[3], stride=2),
+        nn.GELU(),
+        conv3x3(c[3], c[4]),
+        nn.GELU(),
+        conv3x3(c[4], c[5], stride=2),
+    )
+
+
+def _hyper_synthesis(chain: Sequence[int]) -> nn.Sequential:
+    c = chain
+    return nn.Sequential(
+        conv3x3(c[0], c[1]),
+        nn.GELU(),
+        subpel_conv3x3(c[1], c[2], 2),
+        nn.GELU(),
+        conv3x3(c[2], c[3]),
+        nn.GELU(),
+        subpel_conv3x3(c[3], c[4], 2),
+        nn.GELU(),
+        conv3x3(c[4], c[5]),
+    )
+
+
+def _slice_transform(in_channels: int, hidden: Sequence[int], out_channels: int) -> nn.Sequential:
+    widths = [in_channels, *hidden, out_channels]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [conv(a, b, kernel_size=3, stride=1), nn.GELU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def _likelihoods_fp32(model: EntropyModel, *inputs: Tensor) -> Tensor:
+    """`model(*inputs)[1]` (the likelihoods), computed in fp32 whatever the model's dtype.
+
+    On a model cast to fp16, CompressAI's likelihood lower bound (1e-9) has underflowed to 0
+    in the module's buffer, so it is applied again here. Gradients reach the parameters.
+    """
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    if all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point()):
+        return model(*(t.float() for t in inputs))[1]
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    likelihoods = functional_call(model, tensors, tuple(t.float() for t in inputs))[1]
+    return likelihoods.clamp_min(_LIKELIHOOD_BOUND)
+
+
+class ChannelARCodec(CompressionModel):
+    """Base class of the two codecs: hyperprior + channel-wise autoregressive entropy model.
+
+    Subclasses build their image transforms, call `_build_entropy_model(...)`, and implement
+    `analysis(x) -> y` and `synthesis(y_hat) -> x_hat`; `latent_stride` is the ratio between
+    the image and the latent. `analysis` must map `(H, W)` to
+    `(ceil(H / s), ceil(W / s))` and `synthesis` must map `(h, w)` to `(s * h, s * w)`.
+
+    Interface (as CompressAI's models):
+        - `forward(x)` -> `{"x_hat": (B, 3, H, W), "likelihoods": {"y": ..., "z": ...}}`;
+        - `compress(x)` -> `{"strings": [y_strings, z_strings], "shape": (H, W)}`, one
+          string per image in each list, `shape` the original image size;
+        - `decompress(strings, shape)` -> `{"x_hat": (B, 3, H, W)}` in `[0, 1]`;
+        - `update(force=...)` fills the CDF tables; `aux_loss()` trains the quantiles.
+    """
+
+    latent_stride: int = 16
+    hyper_stride: int = 4
+    in_chans: int = 3
+
+    def _build_entropy_model(
+        self,
+        latent_channels: int,
+        hyper_channels: int,
+        num_slices: int,
+        max_support_slices: int,
+        cc_hidden: Sequence[int],
+        hyper_synthesis_chain: Sequence[int],
+    ) -> None:
+        if latent_channels % num_slices:
+            raise ValueError(
+                f"the latent's {latent_channels} channels must split evenly into slices, got "
+                f"num_slices={num_slices}; pick a divisor of {latent_channels}."
+            )
+        if max_support_slices >= num_slices:
+            raise ValueError(
+                f"max_support_slices must be below num_slices={num_slices} (or negative for "
+                f"all decoded slices), got max_support_slices={max_support_slices}."
+            )
+        if len(cc_hidden) != 4:
+            raise ValueError(f"cc_hidden must list 4 widths, got cc_hidden={tuple(cc_hidden)!r}.")
+        self.latent_channels = latent_channels
+        self.num_slices = num_slices
+        self.max_support_slices = max_support_slices
+        self.slice_channels = c = latent_channels // num_slices
+        m = latent_channels
+
+        def support(i: int) -> int:
+            return i if max_support_slices < 0 else min(i, max_support_slices)
+
+        self.h_a = _hyper_analysis([m, *hyper_widths(m, hyper_channels)])
+        self.h_mean_s = _hyper_synthesis(hyper_synthesis_chain)
+        self.h_scale_s = _hyper_synthesis(hyper_synthesis_chain)
+        self.cc_mean_transforms = nn.ModuleList(
+            _slice_transform(m + c * support(i), cc_hidden, c) for i in range(num_slices)
+        )
+        self.cc_scale_transforms = nn.ModuleList(
+            _slice_transform(m + c * support(i), cc_hidden, c) for i in range(num_slices)
+        )
+        self.lrp_transforms = nn.ModuleList(
+            _slice_transform(m + c * (support(i) + 1), cc_hidden, c) for i in range(num_slices)
+        )
+        self.entropy_bottleneck = EntropyBottleneck(hyper_channels)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    # -- image transforms, supplied by subclasses ------------------------------------------
+
+    def analysis(self, x: Tensor) -> Tensor:
+        """`x: (B, 3, H, W)` -> `y: (B, M, ceil(H / s), ceil(W / s))`."""
+        raise NotImplementedError
+
+    def synthesis(self, y_hat: Tensor) -> Tensor:
+        """`y_hat: (B, M, h, w)` -> `(B, 3, s * h, s * w)`, before cropping."""
+        raise NotImplementedError
+
+    # -- sizes -------------------------------------------------------------------------------
+
+    def latent_size(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Sizes of `y` and `z` for an image of `height x width`.
+
+        Returns:
+            `((h_y, w_y), (h_z, w_z))`.
+        """
+        s, t = self.latent_stride, self.hyper_stride
+        y = (_ceil_div(height, s), _ceil_div(width, s))
+        return y, (_ceil_div(y[0], t), _ceil_div(y[1], t))
+
+    def _check_image(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"x must be an image batch (B, {self.in_chans}, H, W), got x of shape {got}."
+            )
+        if min(x.shape[-2:]) < 1 or x.shape[0] < 1:
+            raise ValueError(f"x must hold at least one pixel, got x of shape {tuple(x.shape)}.")
+
+    # -- the slice loop ------------------------------------------------------------------------
+
+    def _decode_slices(self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep) -> Tensor:
+        """Runs the channel-wise autoregression; `step` quantises (or decodes) each slice.
+
+        Args:
+            z_hat: `(B, Z, h_z, w_z)`, the quantised hyper-latent.
+            y_size: `(h, w)` of the latent.
+            step: `step(i, mu, scale) -> y_hat_i`, all `(B, M / num_slices, h, w)`.
+
+        Returns:
+            `(B, M, h, w)`, the reconstructed latent `y_hat`.
+        """
+        h, w = y_size
+        latent_means = self.h_mean_s(z_hat)[:, :, :h, :w]  # (B, M, h, w)
+        latent_scales = self.h_scale_s(z_hat)[:, :, :h, :w]  # (B, M, h, w)
+        y_hat_slices: list[Tensor] = []
+        for i in range(self.num_slices):
+            k = self.max_support_slices
+            support = y_hat_slices if k < 0 else y_hat_slices[:k]
+            mean_support = torch.cat([latent_means, *support], dim=1)
+            mu = self.cc_mean_transforms[i](mean_support)
+            scale = self.cc_scale_transforms[i](torch.cat([latent_scales, *support], dim=1))
+            y_hat_slice = step(i, mu, scale)
+            lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
+            y_hat_slices.append(y_hat_slice + 0.5 * torch.tanh(lrp))
+        return torch.cat(y_hat_slices, dim=1)
+
+    # -- CompressAI interface ------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Runs the codec with differentiable quantisation (training) or rounding (eval).
+
+        `y` is rounded around the predicted means with a straight-through gradient in both
+        modes (as in the official code); `z` too. The likelihoods use CompressAI's noise
+        proxy while training.
+
+        Args:
+            x: `(B, 3, H, W)`, values in `[0, 1]`, any `H, W >= 1`.
+
+        Returns:
+            `{"x_hat": (B, 3, H, W), "likelihoods": {"y": (B, M, h, w), "z": (B, Z, h/4, w/4)}}`
+            with `h = ceil(H / latent_stride)`; `x_hat` is not clamped.
+        """
+        self._check_image(x)
+        height, width = x.shape[-2:]
+        # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
+        y = self.analysis(x).contiguous()
+        z = self.h_a(y)
+        z_likelihoods = _likelihoods_fp32(self.entropy_bottleneck, z)
+        z_offset = self.entropy_bottleneck._get_medians()
+        z_hat = (quantize_ste(z - z_offset) + z_offset).contiguous()
+
+        y_slices = y.chunk(self.num_slices, dim=1)
+        y_likelihoods: list[Tensor] = []
+
+        def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
+            y_likelihoods.append(_likelihoods_fp32(self.gaussian_conditional, y_slices[i], scale, mu))
+            return quantize_ste(y_slices[i] - mu) + mu
+
+        y_hat = self._decode_slices(z_hat, y.shape[-2:], step)
+        x_hat = self.synthesis(y_hat)[:, :, :height, :width]
+        return {
+            "x_hat": x_hat,
+            "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
+        }
+
+    def _coder_tables(self) -> tuple[list[list[int]], list[int], list[int]]:
+        gc = self.gaussian_conditional
+        if gc._quantized_cdf.numel() == 0 or self.entropy_bottleneck._quantized_cdf.numel() == 0:
+            raise RuntimeError(
+                "the entropy coder's CDF tables are empty; call model.update() (after loading "
+                "the weights) before compress() or decompress()."
+            )
+        return (
+            gc.quantized_cdf.tolist(),
+            gc.cdf_length.reshape(-1).int().tolist(),
+            gc.offset.reshape(-1).int().tolist(),
+        )
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> dict[str, list[list[bytes]] | tuple[int, int]]:
+        """Encodes a batch of images, one independent pair of strings per image.
+
+        Args:
+            x: `(B, 3, H, W)`, values in `[0, 1]`, any `H, W >= 1`.
+
+        Returns:
+            `{"strings": [y_strings, z_strings], "shape": (H, W)}`: `y_strings[b]` and
+            `z_strings[b]` are the bytes of image `b`; `shape` is the original image size,
+            which `decompress` needs to crop (store it with the strings).
+        """
+        self._check_image(x)
+        cdf, cdf_lengths, offsets = self._coder_tables()
+        height, width = x.shape[-2:]
+        # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
+        y = self.analysis(x).contiguous()
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+
+        y_slices = y.chunk(self.num_slices, dim=1)
+        symbols: list[Tensor] = []
+        indexes: list[Tensor] = []
+
+        def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
+            q = torch.round(y_slices[i] - mu)
+            symbols.append(q.int().flatten(1))  # (B, c*h*w)
+            indexes.append(self.gaussian_conditional.build_indexes(scale).flatten(1))
+            return q + mu
+
+        self._decode_slices(z_hat, y.shape[-2:], step)
+        all_symbols = torch.cat(symbols, dim=1).tolist()  # per image, slice-major
+        all_indexes = torch.cat(indexes, dim=1).tolist()
+        y_strings = []
+        for sym, idx in zip(all_symbols, all_indexes):
+            encoder = BufferedRansEncoder()
+            encoder.encode_with_indexes(sym, idx, cdf, cdf_lengths, offsets)
+            y_strings.append(encoder.flush())
+        return {"strings": [y_strings, z_strings], "shape": (int(height), int(width))}
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]) -> dict[str, Tensor]:
+        """Decodes what `compress` returned; the images need not come from one batch call.
+
+        Args:
+            strings: `[y_strings, z_strings]`, two lists of `B` byte strings.
+            shape: `(H, W)`, the original image size (`compress(x)["shape"]`).
+
+        Returns:
+            `{"x_hat": (B, 3, H, W)}`, clamped to `[0, 1]`.
+        """
+        if not isinstance(strings, (list, tuple)) or len(strings) != 2:
+            raise ValueError(
+                "strings must be [y_strings, z_strings] as compress() returns it, got "
+                f"{type(strings).__name__} of length {len(strings) if hasattr(strings, '__len__') else '?'}."
+            )
+        y_strings, z_strings = strings
+        if len(y_strings) != len(z_strings) or len(y_strings) == 0:
+            raise ValueError(
+                f"strings must hold one y string and one z string per image, got "
+                f"{len(y_strings)} y strings and {len(z_strings)} z strings."
+            )
+        if len(shape) != 2 or min(int(s) for s in shape) < 1:
+            raise ValueError(
+                f"shape must be the original image size (H, W) from compress(), got shape={tuple(shape)!r}."
+            )
+        height, width = (int(s) for s in shape)
+        cdf, cdf_lengths, offsets = self._coder_tables()
+        y_size, z_size = self.latent_size(height, width)
+        z_hat = self.entropy_bottleneck.decompress(list(z_strings), z_size)
+        decoders = []
+        for s in y_strings:
+            decoder = RansDecoder()
+            decoder.set_stream(s)
+            decoders.append(decoder)
+
+        def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
+            indexes = self.gaussian_conditional.build_indexes(scale).flatten(1).tolist()
+            values = [
+                d.decode_stream(idx, cdf, cdf_lengths, offsets) for d, idx in zip(decoders, indexes)
+            ]
+            q = torch.tensor(values, dtype=mu.dtype, device=mu.device).reshape(mu.shape)
+            return q + mu
+
+        y_hat = self._decode_slices(z_hat, y_size, step)
+        x_hat = self.synthesis(y_hat)[:, :, :height, :width]
+        return {"x_hat": x_hat.clamp(0, 1)}
+
+    def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Fills the entropy coder's CDF tables (needed once before `compress`/`decompress`).
+
+        The tables are computed in fp32 even when the model has been cast to fp16/bf16.
+
+        Args:
+            scale_table: scales of the Gaussian CDF table; CompressAI's default (64 scales
+                from 0.11 to 256) when None.
+            force: recompute tables that are already filled.
+            update_quantiles: refit the entropy bottleneck's quantiles by bisection first.
+
+        Returns:
+            Whether any table was (re)computed.
+        """
+        dtypes = {}
+        for m in self.modules():
+            if isinstance(m, EntropyModel):
+                floats = [t for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+                if floats and floats[0].dtype != torch.float32:
+                    dtypes[m] = floats[0].dtype
+                    m.float()
+        try:
+            return super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
+        finally:
+            for m, dtype in dtypes.items():
+                m.to(dtype)

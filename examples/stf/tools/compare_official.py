@@ -1,0 +1,176 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Compares `examples.stf` with the official STF code: outputs and CPU time.
+
+Needs a checkout of github.com/Googolxx/STF (only five of its files are read:
+`compressai/models/{stf,cnn,base}.py`, `compressai/layers/{layers,win_attention}.py`). They
+are copied into a temporary folder, their imports are pointed at the installed CompressAI
+1.2.8 (the official code bundles an older, modified CompressAI), and both official models
+are built with random weights. The weights are copied into our models through
+`examples.stf.loader.convert_official_state_dict` and a strict load; then, in eval mode:
+
+* forward on a random 256x256 image: max |difference| of `x_hat`, `likelihoods["y"]`
+  and `likelihoods["z"]`;
+* after `update()`: whether both codecs write the same bytes, whether our decode equals our
+  forward's clamped `x_hat` exactly, and max |difference| between the two decoders;
+* CPU time of a forward and of a compress of a 512x768 image (official and ours, same run).
+
+Run from the repository root (no network, nothing downloaded):
+
+    python examples/stf/tools/compare_official.py --official /path/to/STF [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_FILES = {
+    "models/stf.py": [
+        ("from .utils import conv, update_registered_buffers, deconv",
+         "from compressai.models.utils import conv, update_registered_buffers, deconv"),
+        ("from compressai.ops import ste_round", "from compressai.ops import quantize_ste as ste_round"),
+        ("from timm.models.layers import", "from timm.layers import"),
+    ],
+    "models/cnn.py": [
+        ("from .utils import conv, deconv, update_registered_buffers",
+         "from compressai.models.utils import conv, deconv, update_registered_buffers"),
+        ("from compressai.ops import ste_round", "from compressai.ops import quantize_ste as ste_round"),
+        ("from compressai.layers import conv3x3, subpel_conv3x3, Win_noShift_Attention",
+         "from compressai.layers import conv3x3, subpel_conv3x3\nfrom .layers import Win_noShift_Attention"),
+    ],
+    "models/base.py": [
+        ("from .utils import update_registered_buffers",
+         "from compressai.models.utils import update_registered_buffers"),
+    ],
+    "layers/layers.py": [],
+    "layers/win_attention.py": [("from timm.models.layers import", "from timm.layers import")],
+}
+
+
+def import_official(checkout: Path, workdir: Path) -> tuple[type, type]:
+    """Copies the official model files into `workdir/stf_official/`, patches their imports
+    for CompressAI 1.2.8 and returns `(SymmetricalTransFormer, WACNN)`."""
+    package = workdir / "stf_official"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for rel, patches in _FILES.items():
+        source = checkout / "compressai" / rel
+        if not source.is_file():
+            raise FileNotFoundError(f"--official must be a checkout of Googolxx/STF; missing {source}.")
+        text = source.read_text()
+        for old, new in patches:
+            if old not in text:
+                raise RuntimeError(f"unexpected official source: {old!r} not found in {source}.")
+            text = text.replace(old, new)
+        (package / Path(rel).name).write_text(text)
+    sys.path.insert(0, str(workdir))
+    stf = importlib.import_module("stf_official.stf")
+    cnn = importlib.import_module("stf_official.cnn")
+    return stf.SymmetricalTransFormer, cnn.WACNN
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def compare(official_cls: type, ours_cls: type, size: tuple[int, int], time_size: tuple[int, int], repeat: int) -> dict[str, Any]:
+    from examples.stf.loader import convert_official_state_dict
+
+    torch.manual_seed(0)
+    official = official_cls().eval()
+    ours = ours_cls().eval()
+    ours.load_state_dict(convert_official_state_dict(official.state_dict()), strict=True)
+
+    x = torch.rand(1, 3, *size)
+    a, b = official(x), ours(x)
+    result: dict[str, Any] = {
+        "forward_max_abs_diff": {
+            "x_hat": _max_diff(a["x_hat"], b["x_hat"]),
+            "likelihoods_y": _max_diff(a["likelihoods"]["y"], b["likelihoods"]["y"]),
+            "likelihoods_z": _max_diff(a["likelihoods"]["z"], b["likelihoods"]["z"]),
+        }
+    }
+    official.update()
+    ours.update()
+    enc_a, enc_b = official.compress(x), ours.compress(x)
+    dec_a = official.decompress(enc_a["strings"], enc_a["shape"])["x_hat"]
+    dec_b = ours.decompress(enc_b["strings"], enc_b["shape"])["x_hat"]
+    result["same_bytes"] = enc_a["strings"][0][0] == enc_b["strings"][0][0] and list(enc_a["strings"][1]) == list(enc_b["strings"][1])
+    result["bytes"] = len(enc_b["strings"][0][0]) + len(enc_b["strings"][1][0])
+    result["ours_decode_equals_forward"] = bool(torch.equal(dec_b, b["x_hat"].clamp(0, 1)))
+    result["decode_max_abs_diff"] = _max_diff(dec_a, dec_b)
+
+    # interleaved and repeated (best of `repeat`): on a shared machine the load changes
+    # during the run, and this way both codes see the same conditions
+    xt = torch.rand(1, 3, *time_size)
+    warm = torch.rand(1, 3, 64, 64)
+    models = {"official": official, "ours": ours}
+    timings = {name: {"forward_s": float("inf"), "compress_s": float("inf")} for name in models}
+    for model in models.values():
+        model(warm)
+    for _ in range(repeat):
+        for name, model in models.items():
+            t = timings[name]
+            t["forward_s"] = min(t["forward_s"], _timed(lambda m=model: m(xt)))
+            t["compress_s"] = min(t["compress_s"], _timed(lambda m=model: m.compress(xt)))
+    result["time"] = timings
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help="checkout of github.com/Googolxx/STF")
+    parser.add_argument("--arch", choices=("stf", "cnn", "both"), default="both")
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    parser.add_argument("--time-size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
+    parser.add_argument("--repeat", type=int, default=3, help="timing rounds; the best is kept")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from examples.stf.models import WACNN, SymmetricalTransFormer
+    from winattn import get_backend
+
+    workdir = Path(tempfile.mkdtemp(prefix="stf_official_"))
+    try:
+        official_stf, official_cnn = import_official(args.official, workdir)
+        pairs = {"stf": (official_stf, SymmetricalTransFormer), "cnn": (official_cnn, WACNN)}
+        arches = list(pairs) if args.arch == "both" else [args.arch]
+        report = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "winattn_backend": get_backend(),
+            "cpu_load_average_at_start": list(os.getloadavg()),
+            "size": list(args.size),
+            "time_size": list(args.time_size),
+            "results": {a: compare(*pairs[a], tuple(args.size), tuple(args.time_size), args.repeat) for a in arches},
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Trains an STF or WACNN codec with CompressAI's rate-distortion loss.
+
+Single process::
+
+    python examples/stf/train.py -m stf -d /data/openimages --quality 3 --save-dir runs/stf_q3
+
+Several processes (one per GPU, or CPU processes with gloo)::
+
+    torchrun --nproc_per_node=4 examples/stf/train.py -m cnn -d /data/openimages --lmbda 0.0035
+
+A quick check of the whole loop on the bundled tiny images with a tiny model::
+
+    python examples/stf/train.py --smoke --save-dir /tmp/stf_smoke
+
+The dataset folder holds `train/` and `test/` subfolders (CompressAI's layout), or pass
+`--train-dir` and `--val-dir`. `--batch-size` is per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+from torch.utils.data.distributed import DistributedSampler  # noqa: E402
+
+from examples.stf import zoo  # noqa: E402
+from examples.stf.data import MIN_MS_SSIM_SIDE, SMOKE_DIR, ImageFolder  # noqa: E402
+
+# What --smoke changes, unless given explicitly on the command line.
+SMOKE_DEFAULTS = dict(
+    iterations=4, batch_size=2, patch_size=64, val_every=2, save_every=2, num_workers=0
+)
+FULL_DEFAULTS = dict(
+    iterations=2_000_000, batch_size=16, patch_size=256, val_every=5000, save_every=5000,
+    num_workers=4,
+)
+
+
+class RateDistortionLoss(nn.Module):
+    """CompressAI's rate-distortion loss: `lmbda * D + R`.
+
+    `R` is the estimated bits per pixel of all latents; `D` is `255**2 * MSE` or `1 - MS-SSIM`
+    on images in [0, 1].
+
+    Args:
+        lmbda: the trade-off (see `zoo.LAMBDAS`).
+        metric: "mse" or "ms-ssim".
+
+    Example:
+        >>> import torch
+        >>> from examples.stf.train import RateDistortionLoss
+        >>> x = torch.rand(1, 3, 8, 8)
+        >>> out = {"x_hat": x, "likelihoods": {"y": torch.full((1, 4, 2, 2), 0.5)}}
+        >>> float(RateDistortionLoss(0.01)(out, x)["bpp_loss"])
+        0.25
+    """
+
+    def __init__(self, lmbda: float, metric: str = "mse"):
+        super().__init__()
+        if metric not in zoo.LAMBDAS:
+            raise ValueError(f"unknown {metric=}; choose one of {sorted(zoo.LAMBDAS)}.")
+        self.lmbda = lmbda
+        self.metric = metric
+
+    def forward(self, output: dict, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss terms for `output` of a model's forward on `target: (B, 3, H, W)`."""
+        batch, _, height, width = target.shape
+        num_pixels = batch * height * width
+        out = {
+            "bpp_loss": sum(
+                torch.log(likelihoods).sum() / (-math.log(2) * num_pixels)
+                for likelihoods in output["likelihoods"].values()
+            )
+        }
+        x_hat = output["x_hat"]
+        out["mse_loss"] = torch.nn.functional.mse_loss(x_hat, target)
+        if self.metric == "mse":
+            distortion = 255**2 * out["mse_loss"]
+        else:
+            from pytorch_msssim import ms_ssim
+
+            out["ms_ssim_loss"] = ms_ssim(x_hat, target, data_range=1.0)
+            distortion = 1 - out["ms_ssim_loss"]
+        out["loss"] = self.lmbda * distortion + out["bpp_loss"]
+        return out
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: rank, world size and device.
+
+    Example:
+        >>> import torch
+        >>> from examples.stf.train import Runtime
+        >>> Runtime(rank=0, world_size=1, device=torch.device("cpu")).distributed
+        False
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-m", "--model", default="stf", choices=sorted(zoo.MODEL_CLASSES))
+    parser.add_argument("-d", "--dataset", type=Path, help="folder with train/ and test/")
+    parser.add_argument("--train-dir", type=Path, help="training images (overrides --dataset)")
+    parser.add_argument("--val-dir", type=Path, help="validation images (overrides --dataset)")
+    parser.add_argument("--metric", default="mse", choices=sorted(zoo.LAMBDAS))
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--lmbda", "--lambda", type=float, help="rate-distortion trade-off")
+    rate.add_argument("-q", "--quality", type=int, choices=range(1, 7), help="lambda index")
+    parser.add_argument("--config", type=json.loads, default=None,
+                        help='model constructor arguments as JSON, e.g. \'{"N": 128}\'')
+    parser.add_argument("--tiny", action="store_true", help="tiny model config (for tests)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="recompute activations in backward (less memory, slower)")
+    parser.add_argument("--iterations", type=int, help="total optimizer steps")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    parser.add_argument("--lr-drop", type=int,
+                        help="step at which the learning rate drops 10x (default: 90%% of "
+                             "--iterations)")
+    parser.add_argument("--aux-lr", type=float, default=1e-3, help="aux (quantiles) lr")
+    parser.add_argument("--clip-max-norm", type=float, default=1.0, help="0 disables clipping")
+    parser.add_argument("--batch-size", type=int, help="images per step and process")
+    parser.add_argument("--val-batch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, help="side of the square training crops")
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--val-every", type=int, help="steps between validations")
+    parser.add_argument("--save-every", type=int, help="steps between checkpoints")
+    parser.add_argument("--save-dir", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps of a tiny model on the bundled tiny images")
+    args = parser.parse_args(argv)
+
+    defaults = SMOKE_DEFAULTS if args.smoke else FULL_DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.smoke:
+        args.tiny = True
+        args.train_dir = args.train_dir or SMOKE_DIR
+        args.val_dir = args.val_dir or SMOKE_DIR
+    if args.dataset is not None:
+        args.train_dir = args.train_dir or args.dataset / "train"
+        args.val_dir = args.val_dir or args.dataset / "test"
+    if args.train_dir is None:
+        parser.error("give --dataset (with train/ and test/), --train-dir, or --smoke.")
+    if args.lr_drop is None:
+        args.lr_drop = int(0.9 * args.iterations)
+    if args.lmbda is None:
+        args.quality = args.quality or 3
+        args.lmbda = zoo.lambda_for(args.metric, args.quality)
+    elif args.lmbda in zoo.LAMBDAS[args.metric]:
+        args.quality = zoo.LAMBDAS[args.metric].index(args.lmbda) + 1
+    if args.metric == "ms-ssim" and args.patch_size < MIN_MS_SSIM_SIDE:
+        parser.error(f"--metric ms-ssim needs --patch-size >= {MIN_MS_SSIM_SIDE}, "
+                     f"got {args.patch_size}.")
+    return args
+
+
+def setup_runtime(device: str | None) -> Runtime:
+    """Joins the process group when started by torchrun (NCCL on GPUs, gloo on CPUs)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank if world_size > 1 else 0)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1:
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return Runtime(rank=rank, world_size=world_size, device=dev)
+
+
+def seed_everything(seed: int, rank: int, step: int) -> None:
+    """Seeds torch and numpy from (seed, rank, step): ranks differ, resumed runs move on."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(main, aux) parameters: aux are the entropy bottlenecks' `quantiles`."""
+    main, aux = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (aux if name.endswith(".quantiles") else main).append(param)
+    return main, aux
+
+
+def learning_rate(args: argparse.Namespace, step: int) -> float:
+    """The main learning rate at `step`: `--lr`, then a tenth of it from `--lr-drop` on."""
+    return args.lr if step < args.lr_drop else args.lr * 0.1
+
+
+def wrap_ddp(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """DistributedDataParallel over everything but the quantiles (reduced by hand in `step`).
+
+    The quantiles only get gradients from `aux_loss()`, which runs outside DDP's forward.
+    """
+    if not runtime.distributed:
+        return model
+    ignored = [name for name, _ in model.named_parameters() if name.endswith(".quantiles")]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, ignored
+    )
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def average_gradients(params: list[nn.Parameter], runtime: Runtime) -> None:
+    """All-reduces (mean) the gradients of `params` across processes."""
+    if not runtime.distributed:
+        return
+    for param in params:
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(runtime.world_size)
+
+
+@torch.no_grad()
+def check_replicas_in_sync(model: nn.Module, runtime: Runtime) -> None:
+    """Checks that every process holds the same parameters (a collective call).
+
+    Compares per-parameter sums in float64 across the processes: equal weights give equal
+    sums, bit for bit.
+
+    Raises:
+        RuntimeError: naming the first parameter whose sums differ.
+    """
+    if not runtime.distributed:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    sums = torch.stack([p.double().sum() for p in model.parameters()])  # (P,)
+    gathered = [torch.empty_like(sums) for _ in range(runtime.world_size)]
+    dist.all_gather(gathered, sums)
+    differs = (torch.stack(gathered) != sums).any(dim=0)  # (P,)
+    if differs.any():
+        first = names[int(differs.nonzero()[0])]
+        raise RuntimeError(
+            f"the processes' weights have diverged (first at {first!r}); this is a bug in the "
+            "distributed setup, not in the data. Report it with the command line."
+        )
+
+
+def train_step(model, raw_model, batch, criterion, optimizers, params, args) -> dict[str, float]:
+    """One optimizer step of the main and the aux optimizer; returns the loss terms."""
+    optimizer, aux_optimizer = optimizers
+    main_params, aux_params = params
+    optimizer.zero_grad(set_to_none=True)
+    aux_optimizer.zero_grad(set_to_none=True)
+    out = criterion(model(batch), batch)
+    out["loss"].backward()
+    if args.clip_max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(main_params, args.clip_max_norm)
+    optimizer.step()
+    aux_loss = raw_model.aux_loss()
+    aux_loss.backward()
+    average_gradients(aux_params, args.runtime)
+    aux_optimizer.step()
+    out["aux_loss"] = aux_loss
+    return {key: float(value.detach()) for key, value in out.items()}
+
+
+@torch.no_grad()
+def validate(raw_model, loader, criterion, runtime: Runtime) -> dict[str, float]:
+    """Mean loss terms and PSNR of the eval-mode forward over the validation images.
+
+    Each process runs its shard of `loader`; the sums are reduced over all processes.
+    """
+    was_training = raw_model.training
+    raw_model.eval()
+    keys = ("loss", "bpp_loss", "mse_loss", "psnr")
+    totals = torch.zeros(len(keys) + 1, dtype=torch.float64, device=runtime.device)
+    for batch in loader:
+        batch = batch.to(runtime.device)
+        output = raw_model(batch)
+        terms = criterion(output, batch)
+        mse = (output["x_hat"].clamp(0, 1) - batch).pow(2).flatten(1).mean(1)  # (B,)
+        psnr = -10 * torch.log10(mse.clamp_min(1e-10))  # (B,)
+        n = batch.shape[0]
+        values = [float(terms[k]) * n for k in keys[:-1]] + [float(psnr.sum()), n]
+        totals += torch.tensor(values, dtype=torch.float64, device=runtime.device)
+    if runtime.distributed:
+        dist.all_reduce(totals)
+    raw_model.train(was_training)
+    count = max(float(totals[-1]), 1.0)
+    return {key: float(totals[i]) / count for i, key in enumerate(keys)}
+
+
+def make_loaders(args: argparse.Namespace, runtime: Runtime):
+    """The training loader (DistributedSampler when distributed) and this rank's val loader."""
+    train_set = ImageFolder(args.train_dir, args.patch_size, train=True)
+    if len(train_set) < args.batch_size * runtime.world_size:
+        raise ValueError(
+            f"{args.train_dir} has {len(train_set)} images, fewer than one step needs "
+            f"(batch_size={args.batch_size} x {runtime.world_size} processes); lower "
+            "--batch-size or add images."
+        )
+    sampler = (
+        DistributedSampler(train_set, seed=args.seed, drop_last=True)
+        if runtime.distributed
+        else None
+    )
+    pin = runtime.device.type == "cuda"
+    train_loader = DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=args.num_workers, drop_last=True, pin_memory=pin,
+        persistent_workers=args.num_workers > 0,
+    )
+    val_loader = None
+    if args.val_dir is not None:
+        val_set = ImageFolder(args.val_dir, args.patch_size, train=False)
+        shard = Subset(val_set, range(runtime.rank, len(val_set), runtime.world_size))
+        val_loader = DataLoader(shard, batch_size=args.val_batch_size,
+                                num_workers=args.num_workers, pin_memory=pin)
+    return train_loader, val_loader
+
+
+def model_info(args: argparse.Namespace) -> zoo.ModelInfo:
+    config = dict(zoo.TINY_CONFIGS[args.model]) if args.tiny else {}
+    config.update(args.config or {})
+    return zoo.ModelInfo(name=args.model, config=config, quality=args.quality,
+                         metric=args.metric, lmbda=args.lmbda)
+
+
+def plain_args(args: argparse.Namespace) -> dict:
+    """`args` with only JSON-like values, for the checkpoint."""
+    skip = {"runtime"}
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in skip}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runtime = args.runtime = setup_runtime(args.device)
+    try:
+        run(args, runtime)
+    finally:
+        if runtime.distributed:
+            dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace, runtime: Runtime) -> None:
+    from tqdm import tqdm
+
+    info = model_info(args)
+    seed_everything(args.seed, 0, 0)  # same initial weights on every rank
+    model = zoo.build_model(info.name, info.config).to(runtime.device).train()
+    model.use_checkpoint = args.grad_checkpointing
+    main_params, aux_params = split_parameters(model)
+    optimizer = torch.optim.Adam(main_params, lr=args.lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=args.aux_lr)
+    step, best_loss = 0, math.inf
+    if args.resume is not None:
+        checkpoint = zoo.read_checkpoint(args.resume, runtime.device)
+        if not zoo.is_training_checkpoint(checkpoint) or checkpoint["name"] != info.name:
+            raise ValueError(
+                f"--resume {args.resume} is not a {info.name!r} training checkpoint of this "
+                "script; start without --resume or pass the matching --model."
+            )
+        model.load_state_dict(checkpoint["state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        aux_optimizer.load_state_dict(checkpoint["aux_optimizer"])
+        step, best_loss = checkpoint["step"], checkpoint["best_loss"]
+    seed_everything(args.seed, runtime.rank, step)
+    criterion = RateDistortionLoss(args.lmbda, args.metric)
+    ddp_model = wrap_ddp(model, runtime)
+    train_loader, val_loader = make_loaders(args, runtime)
+
+    def save(name: str) -> None:
+        check_replicas_in_sync(model, runtime)  # rank 0 saves for all of them
+        if runtime.is_main:
+            zoo.save_checkpoint(
+                args.save_dir / name, model, info, step=step, best_loss=best_loss,
+                optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
+                args=plain_args(args),
+            )
+
+    progress = tqdm(total=args.iterations, initial=step, dynamic_ncols=True,
+                    disable=args.no_progress or not runtime.is_main)
+    epoch = step // len(train_loader)
+    while step < args.iterations:
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        for batch in train_loader:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, step)
+            terms = train_step(ddp_model, model, batch.to(runtime.device, non_blocking=True),
+                               criterion, (optimizer, aux_optimizer),
+                               (main_params, aux_params), args)
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{terms['loss']:.4f}", bpp=f"{terms['bpp_loss']:.3f}",
+                                 aux=f"{terms['aux_loss']:.1f}", lr=f"{learning_rate(args, step - 1):.0e}")
+            if not math.isfinite(terms["loss"]):
+                raise FloatingPointError(f"training loss is {terms['loss']} at step {step}; "
+                                         "lower --lr or check the data.")
+            if val_loader is not None and (step % args.val_every == 0 or step == args.iterations):
+                metrics = validate(model, val_loader, criterion, runtime)
+                if runtime.is_main:
+                    progress.write(f"step {step}: val " + ", ".join(
+                        f"{k}={v:.4f}" for k, v in metrics.items()))
+                if metrics["loss"] < best_loss:
+                    best_loss = metrics["loss"]
+                    save("checkpoint_best.pth.tar")
+            if step % args.save_every == 0 or step == args.iterations:
+                save("checkpoint.pth.tar")
+            if step >= args.iterations:
+                break
+        epoch += 1
+    progress.close()
+
+
+if __name__ == "__main__":
+    main()
