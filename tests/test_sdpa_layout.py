@@ -76,3 +76,15 @@ def test_sdpa_training_gradients_match_reference(
         grads.append((x_in.grad, module.relative_position_bias_table.grad, module.qkv.bias.grad))
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_sdpa_output_is_bitwise_the_same_with_and_without_grad_mode() -> None:
+    # An entropy coder needs the encoder (usually under no_grad) and the decoder to compute
+    # the same bits; the backend must not switch kernels with the grad mode.
+    module = _module()
+    x = torch.randn(2, 10, 13, 16)
+    with torch.no_grad():
+        inference = module(x, backend="sdpa")
+    recorded = module(x, backend="sdpa")
+    assert recorded.requires_grad
+    assert torch.equal(inference, recorded.detach())

@@ -8,9 +8,10 @@ position bias and the shift mask go to SDPA as an additive float mask.
 How the work is laid out matters more than the arithmetic (measured with
 `benchmarks/attention.py`; see `docs/benchmarks.md`):
 
-* q, k and v reach SDPA as 4-D `(windows, heads, N, d)` strided views of the gathered qkv,
-  with a 4-D mask: the form for which PyTorch picks its fused (flash) kernel on the CPU.
-  5-D inputs or a 3-D mask send it to the slower math path.
+* On CUDA, q, k and v reach SDPA as 4-D `(windows, heads, N, d)` strided views of the
+  gathered qkv, with a 4-D mask. On the CPU the attention itself is matmul, softmax, matmul
+  (`_attention_matmul`): as fast as CPU SDPA's fused kernel at these window sizes, and the
+  same arithmetic whether or not autograd is recording.
 * With a shift, only the windows of the last window row and column see wrapped bands, and
   all windows of each of the (at most) four kinds (inside, last column, last row, corner)
   share one mask. When the full `(nW, heads, N, N)` mask would be large, the windows are
@@ -182,12 +183,16 @@ def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
     return [masks[g : g + 1] for g in range(len(lay.groups))] if lay.grouped else [masks]
 
 
-def _attention_for_training(part: Tensor, mask: Tensor | None, call: AttentionCall) -> Tensor:
-    """Attention with autograd, `(windows, N, 3, heads, d)` -> `(windows, heads, N, d)`.
+def _attention_matmul(part: Tensor, mask: Tensor | None, call: AttentionCall) -> Tensor:
+    """Attention as matmul, softmax, matmul: `(windows, N, 3, heads, d)` ->
+    `(windows, heads, N, d)`. Used on the CPU, in training and inference alike.
 
-    CPU only. With a bias that needs a gradient (or dropout), CPU SDPA falls back to its math path,
-    which adds passes over the logits (`_safe_softmax`); plain matmul, softmax, matmul on one
-    contiguous copy of q, k, v is faster there and its backward is as cheap.
+    On the CPU, PyTorch's SDPA picks a different kernel depending on whether the bias needs a
+    gradient (the fused flash kernel without, the math path with), so its results would
+    depend on the grad mode: an encoder run under `no_grad` and a decoder run with grad enabled
+    would disagree in the last bits, which breaks entropy decoding. Measured with
+    `benchmarks/attention.py` on 2 cores, this path is as fast as the flash kernel for windows
+    of 16 to 64 tokens, and faster than the math path in training.
     """
     q, k, v = part.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # each (windows, heads, N, d)
     logits = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
@@ -218,8 +223,8 @@ def _attend(
         part = windows[first : first + rows].view(b * count, n, 3, heads, d)
         if mask is not None and mask.shape[0] > 1 and b > 1:  # a mask per window
             mask = mask.expand(b, *mask.shape).reshape(b * count, *mask.shape[1:])
-        if call.needs_grad and flat.device.type == "cpu":
-            res = _attention_for_training(part, mask, call)  # (b*count, heads, N, d)
+        if flat.device.type == "cpu":
+            res = _attention_matmul(part, mask, call)  # (b*count, heads, N, d)
         else:
             q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
             res = F.scaled_dot_product_attention(
