@@ -48,7 +48,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from winattn.backends.sdpa import layout_indices  # noqa: E402
+from winattn.backends.sdpa import _layout  # noqa: E402
 from winattn.functional import relative_position_index, shifted_window_mask, window_attention  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -157,14 +157,9 @@ def _flex_geometry(shape: Shape, device: torch.device):
     ws, s = shape.window, shape.size
     index = relative_position_index(ws, device)  # (N, N)
     mask = shifted_window_mask((s, s), ws, shape.shift, device)  # (nW, N, N)
-    from winattn.backends import AttentionCall
-
-    probe = AttentionCall.build(
-        torch.empty(1, s, s, 3 * shape.heads, device=device), num_heads=shape.heads,
-        window_size=ws, shift_size=shape.shift, bias_table=None, bias=None, scale=None,
-        pad_qkv=None, dropout_p=0.0,
-    )
-    gather, scatter = layout_indices(probe)
+    # One map, windows in row-major order (ungrouped); these maps need no padding.
+    lay = _layout(1, s, s, ws, ws, shape.shift, shape.shift, False, device)
+    gather, scatter = lay.gather, lay.scatter  # (nW*N,), (H*W,)
     return index, mask, gather, scatter
 
 

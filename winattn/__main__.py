@@ -6,14 +6,18 @@ Subcommands:
 * `winattn info`: versions, and which backends can run here, with the reasons for those
   that cannot;
 * `winattn bench`: the attention benchmark (`benchmarks/attention.py`) at its default codec
-  shapes; `winattn bench --help` lists its options.
+  shapes; `winattn bench --help` lists its options. When a CUDA GPU is present, it then runs
+  the GPU benchmark of the repository checkout (`benchmarks/attention_gpu.py`) too, unless
+  `--no-gpu`.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -86,6 +90,24 @@ def info() -> str:
     return "\n".join(lines)
 
 
+def run_gpu_benchmark() -> int:
+    """Runs `benchmarks/attention_gpu.py` of the checkout around the working directory, in a
+    subprocess (it compiles kernels and sets up its own timing). Returns its exit status."""
+    from winattn._bench import find_repo_root
+
+    root = find_repo_root(Path.cwd())
+    script = None if root is None else root / "benchmarks" / "attention_gpu.py"
+    if script is None or not script.is_file():
+        print(
+            "winattn bench: a CUDA GPU is present, but benchmarks/attention_gpu.py was not found "
+            "(it ships with the repository, not the wheel); run it from a checkout.",
+            file=sys.stderr,
+        )
+        return 0
+    print(f"\nGPU benchmark: {sys.executable} {script}", flush=True)
+    return subprocess.call([sys.executable, str(script)], cwd=root)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `winattn` console script."""
     from winattn._bench import add_arguments, run
@@ -100,11 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shifted_window_attention and the GEMM floor; prints a table and writes JSON.",
     )
     add_arguments(bench)
+    bench.add_argument(
+        "--no-gpu", action="store_true",
+        help="with a CUDA GPU present, skip the GPU benchmark (benchmarks/attention_gpu.py)",
+    )
     args = parser.parse_args(argv)
     if args.command == "info":
         print(info())
     elif args.command == "bench":
         run(args, list(sys.argv[2:] if argv is None else argv[1:]))
+        import torch
+
+        if torch.cuda.is_available() and not (args.no_gpu or args.quick):
+            return run_gpu_benchmark()
     else:
         parser.print_help()
         return 2
