@@ -312,3 +312,17 @@ def test_ssf_identity_patch_keeps_bitstreams_and_decodes_forward_output():
         assert strings == base.compress(_frames())[0]
     for dec, ref in zip(decoded, forward):
         torch.testing.assert_close(dec, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "pattern"),
+    [
+        (torch.zeros(1, 32, 8, 8, dtype=torch.int64), TypeError, r"floating-point.*torch\.int64"),
+        (torch.zeros(1, 32, 0, 8), ValueError, r"empty spatial size"),
+        (torch.zeros(1, 16, 8, 8), ValueError, r"16 channels.*dim=32"),
+    ],
+)
+def test_gated_block_rejects_bad_input_naming_it(x, error, pattern):
+    block = GatedWindowAttentionBlock(32, num_heads=4, window_size=8, shift_size=4)
+    with pytest.raises(error, match=pattern):
+        block(x)

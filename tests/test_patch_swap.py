@@ -162,3 +162,10 @@ def test_auto_prefers_swap_and_second_patch_is_noop():
     assert model.winattn_report.actions == ["swap"]
     patch_model(model)
     assert "already patched" in str(model.winattn_report)
+
+
+def test_swapped_stf_style_model_keeps_its_state_dict_keys():
+    original = _stf_model()
+    swapped = patch_model(_stf_model())
+    assert list(swapped.state_dict()) == list(original.state_dict())
+    original.load_state_dict(swapped.state_dict(), strict=True)

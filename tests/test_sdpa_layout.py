@@ -5,7 +5,7 @@ cache, checked against the reference backend."""
 import pytest
 import torch
 
-from winattn import WindowAttention
+from winattn import WindowAttention, window_attention
 from winattn.backends import sdpa
 
 ATOL = 1e-5
@@ -88,3 +88,35 @@ def test_sdpa_output_is_bitwise_the_same_with_and_without_grad_mode() -> None:
     recorded = module(x, backend="sdpa")
     assert recorded.requires_grad
     assert torch.equal(inference, recorded.detach())
+
+
+def test_sdpa_inference_sees_a_bias_table_changed_through_data() -> None:
+    # `.data` edits bypass the version counter; the cache must still notice new values.
+    module = _module()
+    x = torch.randn(1, 8, 8, 16)
+    with torch.no_grad():
+        module(x, backend="sdpa")  # fills the mask cache
+    module.relative_position_bias_table.data.copy_(torch.randn_like(module.relative_position_bias_table))
+    with torch.no_grad():
+        got, want = module(x, backend="sdpa"), module(x, backend="reference")
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "reference"])
+def test_training_works_after_a_call_under_inference_mode(backend: str) -> None:
+    # The cached geometry tensors must not be inference tensors, or backward cannot save them.
+    module = WindowAttention(dim=16, num_heads=2, window_size=(3, 5), shift_size=(1, 2))
+    x = torch.randn(1, 7, 11, 16)
+    with torch.inference_mode():
+        module(x, backend=backend)
+    module(x, backend=backend).square().sum().backward()
+    assert module.relative_position_bias_table.grad is not None
+
+
+def test_chunked_sdpa_inference_runs_under_cpu_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sdpa, "CHUNK_BYTES", 1)  # one image per chunk
+    qkv = torch.randn(3, 10, 13, 3 * 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = window_attention(qkv, 2, 4, 2, backend="sdpa")
+        want = window_attention(qkv, 2, 4, 2, backend="reference")
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=0)

@@ -123,7 +123,10 @@ def _relative_position_index(wh: int, ww: int, device: torch.device | None) -> T
 
 @functools.lru_cache(maxsize=64)
 def _relative_position_index_cached(wh: int, ww: int, device: torch.device) -> Tensor:
-    return _relative_position_index(wh, ww, device)
+    # A cached tensor outlives the call: never let it be an inference tensor, which autograd
+    # could not save for a later backward.
+    with torch.inference_mode(False):
+        return _relative_position_index(wh, ww, device)
 
 
 def relative_position_index(window_size: int | Pair, device: torch.device | str | None = None) -> Tensor:
@@ -166,7 +169,8 @@ def _shifted_window_mask(
 def _shifted_window_mask_cached(
     hp: int, wp: int, wh: int, ww: int, sh: int, sw: int, device: torch.device
 ) -> Tensor:
-    return _shifted_window_mask(hp, wp, wh, ww, sh, sw, device)
+    with torch.inference_mode(False):  # see _relative_position_index_cached
+        return _shifted_window_mask(hp, wp, wh, ww, sh, sw, device)
 
 
 def shifted_window_mask(

@@ -178,7 +178,9 @@ class WindowAttention(nn.Module):
         # (so strict loading works) after checking that it is the index this module uses.
         key = prefix + "relative_position_index"
         if key in state_dict:
-            given = state_dict.pop(key)
+            given = state_dict[key]
+            if "relative_position_index" in self._non_persistent_buffers_set:
+                del state_dict[key]  # load_state_dict works on its own copy of the dict
             ours = relative_position_index(self.window_size)
             if self.relative_position_index is None or tuple(given.shape) != tuple(ours.shape) or not torch.equal(given.cpu().long(), ours):
                 raise ValueError(
@@ -495,11 +497,15 @@ class WindowAttentionBlock(nn.Module):
         Returns:
             `(B, C, H, W)`.
         """
+        self._check_input(x)
+        return x + self.conv_a(x) * torch.sigmoid(self.conv_b(x))
+
+    def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
         if x.dim() != 4:
             raise ValueError(
-                f"WindowAttentionBlock expects NCHW input (B, {self.dim}, H, W), got "
+                f"{type(self).__name__} expects NCHW input (B, {self.dim}, H, W), got "
                 f"x.shape={tuple(x.shape)} ({x.dim()} dims)."
             )
         if x.shape[1] != self.dim:
@@ -509,7 +515,6 @@ class WindowAttentionBlock(nn.Module):
             )
         # The attention checks dtype and size too, but only after conv_a would have failed.
         _check_map(x.permute(0, 2, 3, 1), "x")  # (B, H, W, C)
-        return x + self.conv_a(x) * torch.sigmoid(self.conv_b(x))
 
     def extra_repr(self) -> str:
         a = self.attn

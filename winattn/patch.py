@@ -104,15 +104,9 @@ class GatedWindowAttentionBlock(WindowAttentionBlock):
         Returns:
             `(B, C, H, W)`.
         """
-        _check_nchw(x, self.dim)
+        self._check_input(x)
         gate = self.gate.view(1, -1, 1, 1)  # (1, C, 1, 1)
         return x + gate * (self.conv_a(x) * torch.sigmoid(self.conv_b(x)))
-
-
-def _check_nchw(x: Tensor, dim: int) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != dim:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"expected NCHW input (B, {dim}, H, W), got {shape}.")
 
 
 # ---------------------------------------------------------------------------------------------

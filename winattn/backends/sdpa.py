@@ -26,9 +26,7 @@ How the work is laid out matters more than the arithmetic (measured with
 from __future__ import annotations
 
 import functools
-import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +120,9 @@ def _layout_cached(
     b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
     device: torch.device,
 ) -> Layout:
-    return _layout(b, h, w, wh, ww, sh, sw, grouped, device)
+    # A cached tensor outlives the call: never an inference tensor (autograd could not save it).
+    with torch.inference_mode(False):
+        return _layout(b, h, w, wh, ww, sh, sw, grouped, device)
 
 
 def layout(call: AttentionCall, batch: int) -> Layout:
@@ -137,33 +137,30 @@ def layout(call: AttentionCall, batch: int) -> Layout:
     return _layout_cached(*args)
 
 
-# Inference reuses the masks of a bias table until the table changes: the key names the
-# table's identity (through a weak reference, so that a freed table never matches) and its
-# version counter, which every in-place update (optimizer step, load_state_dict) bumps.
-_MASK_CACHE: dict[tuple, tuple[Any, int, list[Tensor | None]]] = {}
+# Inference reuses the masks built from a bias table while the table keeps its values: an
+# entry holds a copy of the (small) table and is used only if the table still equals it, so
+# in-place updates, `.data` assignments and `load_state_dict` are all seen.
+_MASK_CACHE: dict[tuple, tuple[Tensor | None, list[Tensor | None]]] = {}
 _MASK_CACHE_SIZE = 64
 
 
 def cached_group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
-    """`group_masks`, reused across inference calls with the same bias table and geometry."""
+    """`group_masks`, reused across inference calls with the same bias values and geometry."""
     source = call.bias_table if call.bias_table is not None else call.bias
-    if call.needs_grad or torch.compiler.is_compiling() or (
-        source is not None and source.is_inference()
-    ):
+    if call.needs_grad or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
         return group_masks(call, lay)
     key = (
         call.window_size, call.shift_size, call.padded, lay.grouped, call.num_heads,
         call.qkv.dtype, call.qkv.device, None if source is None else id(source),
         call.bias_table is None,
     )
-    version = -1 if source is None else source._version
     hit = _MASK_CACHE.get(key)
-    if hit is not None and (source is None or hit[0]() is source) and hit[1] == version:
-        return hit[2]
+    if hit is not None and (source is None or torch.equal(hit[0], source)):
+        return hit[1]
     masks = group_masks(call, lay)
     if len(_MASK_CACHE) >= _MASK_CACHE_SIZE:
         _MASK_CACHE.pop(next(iter(_MASK_CACHE)))
-    _MASK_CACHE[key] = (lambda: None) if source is None else weakref.ref(source), version, masks
+    _MASK_CACHE[key] = (None if source is None else source.detach().clone(), masks)
     return masks
 
 
@@ -244,7 +241,12 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     c = c3 // 3
     flat = qkv.reshape(b, h * w, c3)  # (B, H*W, 3C)
     chunk = max(1, CHUNK_BYTES // (h * w * c3 * qkv.element_size()))  # images per chunk
-    if chunk >= b or call.needs_grad or torch.compiler.is_compiling():
+    if (
+        chunk >= b
+        or call.needs_grad
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled(qkv.device.type)  # the result dtype is autocast's
+    ):
         lay = layout(call, b)
         return _attend(flat, call, lay, cached_group_masks(call, lay)).view(b, h, w, c)
     # Eager inference, a few images at a time: temporaries stay small enough for the

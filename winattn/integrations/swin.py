@@ -134,8 +134,12 @@ def swap_module(
     new.qkv = m.qkv
     new.proj = m.proj
     new.relative_position_bias_table = table
+    # Keep the host's state-dict keys: STF saves the index (persistent), timm does not.
+    persistent = "relative_position_index" in m.state_dict()
     new.register_buffer(
-        "relative_position_index", relative_position_index(window, device=table.device), persistent=False
+        "relative_position_index",
+        relative_position_index(window, device=table.device),
+        persistent=persistent,
     )  # (N, N)
     dropout = getattr(m, "proj_drop", None)
     new.proj_drop = dropout if isinstance(dropout, nn.Dropout) else nn.Dropout(_dropout_p(getattr(m, "dropout", 0.0)))
