@@ -12,6 +12,10 @@ The slice loop is written once (`_decode_slices`) and driven three ways, so that
 `compress` and `decompress` cannot drift apart: every slice is quantised as
 `round(y - mu) + mu`, in all three, in the model's dtype. Hence `decompress(compress(x))`
 equals the eval-mode `forward(x)["x_hat"].clamp(0, 1)` exactly.
+
+Outside training the loop runs image by image: the convolutions' rounding can depend on the
+batch size, and the entropy coder's indexes come from those convolutions, so a stream must be
+decoded with exactly the numbers it was encoded with, whichever images shared its batch.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ __all__ = ["ChannelARCodec", "hyper_widths"]
 _LIKELIHOOD_BOUND = 1e-9
 
 #: `step(slice_index, mu, scale) -> y_hat_slice` (before the latent residual prediction).
-SliceStep = Callable[[int, Tensor, Tensor], Tensor]
+SliceStep = Callable[[int, Tensor, Tensor, slice], Tensor]
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -204,20 +208,31 @@ class ChannelARCodec(CompressionModel):
 
     # -- the slice loop ------------------------------------------------------------------------
 
-    def _decode_slices(self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep) -> Tensor:
+    def _decode_slices(
+        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, per_image: bool
+    ) -> Tensor:
         """Runs the channel-wise autoregression; `step` quantises (or decodes) each slice.
 
         Args:
             z_hat: `(B, Z, h_z, w_z)`, the quantised hyper-latent.
             y_size: `(h, w)` of the latent.
-            step: `step(i, mu, scale) -> y_hat_i`, all `(B, M / num_slices, h, w)`.
+            step: `step(i, mu, scale, rows) -> y_hat_i`, all `(b, M / num_slices, h, w)` for
+                the batch rows `rows` (all of them, or one image with `per_image`).
+            per_image: run each image on its own (see the module docstring).
 
         Returns:
             `(B, M, h, w)`, the reconstructed latent `y_hat`.
         """
+        if per_image and z_hat.shape[0] > 1:
+            return torch.cat(
+                [self._slices(z_hat[b : b + 1], y_size, step, slice(b, b + 1)) for b in range(z_hat.shape[0])]
+            )
+        return self._slices(z_hat, y_size, step, slice(0, z_hat.shape[0]))
+
+    def _slices(self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, rows: slice) -> Tensor:
         h, w = y_size
-        latent_means = self.h_mean_s(z_hat)[:, :, :h, :w]  # (B, M, h, w)
-        latent_scales = self.h_scale_s(z_hat)[:, :, :h, :w]  # (B, M, h, w)
+        latent_means = self.h_mean_s(z_hat)[:, :, :h, :w]  # (b, M, h, w)
+        latent_scales = self.h_scale_s(z_hat)[:, :, :h, :w]  # (b, M, h, w)
         y_hat_slices: list[Tensor] = []
         for i in range(self.num_slices):
             k = self.max_support_slices
@@ -225,7 +240,7 @@ class ChannelARCodec(CompressionModel):
             mean_support = torch.cat([latent_means, *support], dim=1)
             mu = self.cc_mean_transforms[i](mean_support)
             scale = self.cc_scale_transforms[i](torch.cat([latent_scales, *support], dim=1))
-            y_hat_slice = step(i, mu, scale)
+            y_hat_slice = step(i, mu, scale, rows)
             lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
             y_hat_slices.append(y_hat_slice + 0.5 * torch.tanh(lrp))
         return torch.cat(y_hat_slices, dim=1)
@@ -256,18 +271,17 @@ class ChannelARCodec(CompressionModel):
         z_hat = (quantize_ste(z - z_offset) + z_offset).contiguous()
 
         y_slices = y.chunk(self.num_slices, dim=1)
-        y_likelihoods: list[Tensor] = []
+        y_likelihoods: list[list[Tensor]] = [[] for _ in range(self.num_slices)]
 
-        def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
-            y_likelihoods.append(_likelihoods_fp32(self.gaussian_conditional, y_slices[i], scale, mu))
-            return quantize_ste(y_slices[i] - mu) + mu
+        def step(i: int, mu: Tensor, scale: Tensor, rows: slice) -> Tensor:
+            y_i = y_slices[i][rows]
+            y_likelihoods[i].append(_likelihoods_fp32(self.gaussian_conditional, y_i, scale, mu))
+            return quantize_ste(y_i - mu) + mu
 
-        y_hat = self._decode_slices(z_hat, y.shape[-2:], step)
+        y_hat = self._decode_slices(z_hat, y.shape[-2:], step, per_image=not self.training)
         x_hat = self.synthesis(y_hat)[:, :, :height, :width]
-        return {
-            "x_hat": x_hat,
-            "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
-        }
+        y_lik = torch.cat([torch.cat(parts, dim=0) for parts in y_likelihoods], dim=1)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_likelihoods}}
 
     def _coder_tables(self) -> tuple[list[list[int]], list[int], list[int]]:
         gc = self.gaussian_conditional
@@ -304,20 +318,18 @@ class ChannelARCodec(CompressionModel):
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
 
         y_slices = y.chunk(self.num_slices, dim=1)
-        symbols: list[Tensor] = []
-        indexes: list[Tensor] = []
+        symbols: list[list[int]] = [[] for _ in range(y.shape[0])]  # per image, slice-major
+        indexes: list[list[int]] = [[] for _ in range(y.shape[0])]
 
-        def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
-            q = torch.round(y_slices[i] - mu)
-            symbols.append(q.int().flatten(1))  # (B, c*h*w)
-            indexes.append(self.gaussian_conditional.build_indexes(scale).flatten(1))
+        def step(i: int, mu: Tensor, scale: Tensor, rows: slice) -> Tensor:
+            q = torch.round(y_slices[i][rows] - mu)
+            symbols[rows.start] += q.int().flatten().tolist()
+            indexes[rows.start] += self.gaussian_conditional.build_indexes(scale).flatten().tolist()
             return q + mu
 
-        self._decode_slices(z_hat, y.shape[-2:], step)
-        all_symbols = torch.cat(symbols, dim=1).tolist()  # per image, slice-major
-        all_indexes = torch.cat(indexes, dim=1).tolist()
+        self._decode_slices(z_hat, y.shape[-2:], step, per_image=True)
         y_strings = []
-        for sym, idx in zip(all_symbols, all_indexes):
+        for sym, idx in zip(symbols, indexes):
             encoder = BufferedRansEncoder()
             encoder.encode_with_indexes(sym, idx, cdf, cdf_lengths, offsets)
             y_strings.append(encoder.flush())
@@ -359,15 +371,13 @@ class ChannelARCodec(CompressionModel):
             decoder.set_stream(s)
             decoders.append(decoder)
 
-        def step(i: int, mu: Tensor, scale: Tensor) -> Tensor:
-            indexes = self.gaussian_conditional.build_indexes(scale).flatten(1).tolist()
-            values = [
-                d.decode_stream(idx, cdf, cdf_lengths, offsets) for d, idx in zip(decoders, indexes)
-            ]
+        def step(i: int, mu: Tensor, scale: Tensor, rows: slice) -> Tensor:
+            indexes = self.gaussian_conditional.build_indexes(scale).flatten().tolist()
+            values = decoders[rows.start].decode_stream(indexes, cdf, cdf_lengths, offsets)
             q = torch.tensor(values, dtype=mu.dtype, device=mu.device).reshape(mu.shape)
             return q + mu
 
-        y_hat = self._decode_slices(z_hat, y_size, step)
+        y_hat = self._decode_slices(z_hat, y_size, step, per_image=True)
         x_hat = self.synthesis(y_hat)[:, :, :height, :width]
         return {"x_hat": x_hat.clamp(0, 1)}
 
