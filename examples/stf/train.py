@@ -153,6 +153,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, help="steps between checkpoints")
     parser.add_argument("--save-dir", type=Path, default=Path("checkpoints"))
     parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument("--force", action="store_true",
+                        help="start a new run even if --save-dir already holds checkpoints "
+                        "(they are overwritten)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -368,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     runtime = args.runtime = setup_runtime(args.device)
     try:
         run(args, runtime)
+    except (OSError, ValueError) as err:  # a user error: a message, not a traceback
+        print(f"train.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if runtime.distributed:
             dist.destroy_process_group()
@@ -384,6 +390,12 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
     optimizer = torch.optim.Adam(main_params, lr=args.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=args.aux_lr)
     step, best_loss = 0, math.inf
+    existing = sorted(args.save_dir.glob("checkpoint*.pth.tar")) if args.save_dir.is_dir() else []
+    if args.resume is None and existing and not args.force:
+        raise ValueError(
+            f"--save-dir {args.save_dir} already holds {', '.join(p.name for p in existing)}; "
+            "pass --resume to continue that run, another --save-dir, or --force to overwrite."
+        )
     if args.resume is not None:
         checkpoint = zoo.read_checkpoint(args.resume, runtime.device)
         if not zoo.is_training_checkpoint(checkpoint) or checkpoint["name"] != info.name:
@@ -391,6 +403,14 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
                 f"--resume {args.resume} is not a {info.name!r} training checkpoint of this "
                 "script; start without --resume or pass the matching --model."
             )
+        for key in ("config", "quality", "metric", "lmbda"):
+            if checkpoint.get(key) != getattr(info, key):
+                raise ValueError(
+                    f"--resume {args.resume} was trained with {key}={checkpoint.get(key)!r}, but "
+                    f"this run asks for {key}={getattr(info, key)!r}; resume with the same "
+                    "--quality/--lmbda/--metric/--config/--tiny, or start a new run in another "
+                    "--save-dir."
+                )
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         aux_optimizer.load_state_dict(checkpoint["aux_optimizer"])

@@ -49,10 +49,26 @@ def test_resume_continues_step_count_and_optimizer_state(smoke_dir, tmp_path):
     assert (checkpoint["step"], adam_steps) == (3, {3.0})
 
 
-def test_resume_from_another_model_is_refused(smoke_dir, tmp_path):
-    with pytest.raises(ValueError, match="not a 'cnn' training checkpoint"):
+def test_resume_from_another_model_is_refused(smoke_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
         train.main(["--smoke", "-m", "cnn", "--no-progress", "--save-dir", str(tmp_path),
                     "--resume", str(smoke_dir / "checkpoint.pth.tar")])
+    assert "not a 'cnn' training checkpoint" in capsys.readouterr().err
+
+
+def test_resume_with_another_rate_point_is_refused(smoke_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--smoke", "--quality", "6", "--no-progress", "--save-dir", str(tmp_path),
+                    "--resume", str(smoke_dir / "checkpoint.pth.tar")])
+    assert "trained with quality=" in capsys.readouterr().err
+
+
+def test_new_run_refuses_to_overwrite_existing_checkpoints(smoke_dir, capsys):
+    before = (smoke_dir / "checkpoint.pth.tar").read_bytes()
+    with pytest.raises(SystemExit):
+        train.main(["--smoke", "--no-progress", "--save-dir", str(smoke_dir)])
+    assert "--force" in capsys.readouterr().err
+    assert (smoke_dir / "checkpoint.pth.tar").read_bytes() == before
 
 
 def test_two_process_gloo_ddp_smoke_run_saves_one_checkpoint_set(tmp_path):
