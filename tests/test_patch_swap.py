@@ -82,6 +82,16 @@ def test_swap_with_other_window_size_raises():
         patch_model(_timm_blocks((14, 14)), window_size=8)
 
 
+def test_failed_swap_leaves_the_model_unchanged():
+    model = _timm_blocks((14, 14))
+    # The second block's window does not fit: the first must not have been swapped either.
+    model[1].attn.window_size = (8, 8)
+    with pytest.raises(ValueError, match="does not fit"):
+        patch_model(model, window_size=7)
+    assert all(type(block.attn) is swin.WindowAttention for block in model)
+    assert not hasattr(model, "winattn_report")
+
+
 tv_swin = pytest.importorskip("torchvision.models.swin_transformer")
 
 

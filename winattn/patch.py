@@ -475,10 +475,14 @@ def _replace(model: nn.Module, transforms: list[_Transform], opts: _Options) -> 
 def _swap(model: nn.Module, opts: _Options) -> list[PatchEntry]:
     from winattn.integrations.swin import find_swappable, swap_module
 
-    entries = []
+    # Build every replacement before changing anything: a module that cannot be swapped
+    # raises here and leaves the model as it was.
+    planned = []
     for path, parent, key, child in find_swappable(model):
         full = f"{path}.{key}" if path else key
-        new = swap_module(child, full, opts.window_size, opts.backend)
+        planned.append((full, parent, key, child, swap_module(child, full, opts.window_size, opts.backend)))
+    entries = []
+    for full, parent, key, child, new in planned:
         setattr(parent, key, new)
         entries.append(
             PatchEntry(
