@@ -25,6 +25,12 @@ File layout (integers big-endian)::
           u32 height, u32 width, u8 string count, then per string: u32 length and the bytes
           (y, then z).
 
+Before anything reaches the entropy decoder, the header's sizes are checked against limits
+(`MAX_SIDE` pixels a side, and `MAX_PIXELS` pixels in all unless `--max-pixels` raises it, so a
+forged size cannot exhaust the memory) and against the strings (their lengths must fit what an
+image of that size can produce), and the strings are padded so that the decoder never reads
+past them, whatever the file says.
+
 The image checksum is the CRC-32 of the 8-bit reconstruction, which the encoder computes by
 decoding its own output. A truncated, corrupted or foreign file, a checkpoint other than the one
 that encoded the file, or a decoder that reconstructs other pixels than the encoder did (for
@@ -54,6 +60,13 @@ from examples.stf.data import image_format_for, read_image, to_uint8, write_imag
 MAGIC = b"\x89WAC"
 FORMAT_VERSION = 1
 METRICS = (None, "mse", "ms-ssim")  # header code -> metric
+STRING_COUNT = 2  # y, then z
+MAX_SIDE = 2**15  # pixels a side: 32768
+MAX_PIXELS = 2**25  # pixels in all by default (33.5 M, e.g. 7680x4320); --max-pixels raises it
+# CompressAI's rANS coder writes 32-bit words and ends with its 64-bit state, and a symbol
+# costs at most 16 bits of probability plus 36 bits of bypass coding (escape, chunk count,
+# eight 4-bit chunks of a 32-bit value), so a string holds 8..(8 + 8 * symbols) bytes.
+_RANS_WORD, _RANS_FLUSH, _MAX_BYTES_PER_SYMBOL = 4, 8, 8
 _PREFIX = struct.Struct(">4sBI")  # magic, version, body length
 _CRC = struct.Struct(">I")
 
@@ -164,8 +177,15 @@ def _parse_body(body: memoryview) -> Bitstream:
         raise BitstreamError(
             f"bitstream names model {model!r}; this decoder knows {sorted(zoo.MODEL_CLASSES)}."
         )
-    if min(height, width) < 1:
-        raise BitstreamError(f"malformed bitstream: image size {height}x{width}.")
+    if min(height, width) < 1 or max(height, width) > MAX_SIDE:
+        raise BitstreamError(
+            f"malformed bitstream: image size {height}x{width} (height x width); a side must be "
+            f"1..{MAX_SIDE} pixels."
+        )
+    if count != STRING_COUNT:
+        raise BitstreamError(
+            f"malformed bitstream: {count} strings, expected {STRING_COUNT} (y, then z)."
+        )
     return Bitstream(model, quality or None, METRICS[metric_code], fingerprint, image_crc, height,
                      width, strings)
 
@@ -188,6 +208,49 @@ class _Reader:
 
     def unpack(self, fmt: str) -> tuple:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+
+def symbol_counts(model: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """How many symbols the y and z strings of a `height x width` image code with `model`."""
+    (h_y, w_y), (h_z, w_z) = model.latent_size(height, width)
+    return model.latent_channels * h_y * w_y, model.entropy_bottleneck.channels * h_z * w_z
+
+
+def check_decodable(
+    stream: Bitstream, model: nn.Module, max_pixels: int = MAX_PIXELS
+) -> tuple[int, int]:
+    """Checks a parsed file's sizes against the limits and against its strings.
+
+    Args:
+        stream: the parsed file.
+        model: the model that will decode it.
+        max_pixels: the largest image (height x width) to decode.
+
+    Returns:
+        The symbol counts of the y and z strings (see `symbol_counts`).
+
+    Raises:
+        BitstreamError: for an image above `max_pixels`, or strings whose lengths no image of
+            the header's size produces (a size field altered after encoding).
+    """
+    pixels = stream.height * stream.width
+    if pixels > max_pixels:
+        raise BitstreamError(
+            f"the file announces a {stream.height}x{stream.width} image ({pixels} pixels), above "
+            f"the limit of {max_pixels} pixels; if the image is genuine, raise the limit with "
+            "--max-pixels (decoding needs memory in proportion)."
+        )
+    counts = symbol_counts(model, stream.height, stream.width)
+    for name, string, symbols in zip(("y", "z"), stream.strings, counts):
+        longest = _RANS_FLUSH + _MAX_BYTES_PER_SYMBOL * symbols
+        if len(string) < _RANS_FLUSH or len(string) % _RANS_WORD or len(string) > longest:
+            raise BitstreamError(
+                f"malformed bitstream: the {name} string holds {len(string)} bytes, but a "
+                f"{stream.height}x{stream.width} image codes {symbols} {name} symbols in a "
+                f"multiple of {_RANS_WORD} bytes from {_RANS_FLUSH} to {longest}; the size "
+                "fields do not belong to this stream."
+            )
+    return counts
 
 
 def image_checksum(x: torch.Tensor) -> int:
@@ -215,15 +278,22 @@ def encode_image(model: nn.Module, info: zoo.ModelInfo, x: torch.Tensor) -> byte
     return pack(stream)
 
 
-def decode_stream(model: nn.Module, info: zoo.ModelInfo, stream: Bitstream) -> torch.Tensor:
+def decode_stream(
+    model: nn.Module, info: zoo.ModelInfo, stream: Bitstream, max_pixels: int = MAX_PIXELS
+) -> torch.Tensor:
     """Decompresses a parsed file with `model`.
+
+    The sizes are checked first (`check_decodable`), and each string is padded with zero
+    bytes (one 64-bit word per symbol) before it goes to the entropy decoder: a valid string
+    is read exactly to its end, and a string whose size fields were altered runs into the
+    padding instead of past the buffer.
 
     Returns:
         x_hat: (3, H, W) in [0, 1], at the original image size.
 
     Raises:
-        BitstreamError: if `model` is not the model that encoded the file, or decodes other
-            pixels than the encoder did.
+        BitstreamError: if `model` is not the model that encoded the file, the sizes are
+            implausible, or `model` decodes other pixels than the encoder did.
     """
     if stream.model != info.name:
         raise BitstreamError(
@@ -236,7 +306,9 @@ def decode_stream(model: nn.Module, info: zoo.ModelInfo, stream: Bitstream) -> t
             f"the file was encoded with other weights (fingerprint {stream.fingerprint:08x}, "
             f"checkpoint {fingerprint:08x}); decode with the checkpoint used for encoding."
         )
-    strings = [[string] for string in stream.strings]  # one image per group
+    counts = check_decodable(stream, model, max_pixels)
+    strings = [[string + bytes(_MAX_BYTES_PER_SYMBOL * symbols)]  # one image per group
+               for string, symbols in zip(stream.strings, counts)]
     x_hat = model.decompress(strings, (stream.height, stream.width))["x_hat"]  # (1, 3, H, W)
     if tuple(x_hat.shape) != (1, 3, stream.height, stream.width):
         raise BitstreamError(
@@ -247,35 +319,42 @@ def decode_stream(model: nn.Module, info: zoo.ModelInfo, stream: Bitstream) -> t
     if checksum != stream.image_crc:
         raise BitstreamError(
             f"the decoded pixels differ from the encoder's reconstruction (checksum {checksum:08x}"
-            f", expected {stream.image_crc:08x}); the arithmetic here rounds differently, so "
-            "decode on the kind of device and software that encoded the file."
+            f", expected {stream.image_crc:08x}): either the arithmetic here rounds differently "
+            "than the encoder's (decode on the kind of device and software that encoded the "
+            "file), or the file was altered in a way its CRC-32 does not show."
         )
     return x_hat[0]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("input", type=Path)
-        p.add_argument("-o", "--output", type=Path, required=True)
-        p.add_argument("--checkpoint", type=Path, required=True)
-        p.add_argument("--device", default="cpu")
+        p.add_argument("input", type=Path, help="the file to read")
+        p.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
+        p.add_argument("--checkpoint", type=Path, required=True,
+                       help="training checkpoint, weights export or official checkpoint")
+        p.add_argument("--device", default="cpu", help="where the model runs")
         p.add_argument("-f", "--force", action="store_true", help="overwrite the output")
 
-    enc = sub.add_parser("encode", help="image -> bitstream file")
+    enc = sub.add_parser("encode", help="image -> bitstream file", formatter_class=formatter)
     common(enc)
     enc.add_argument("-m", "--model", choices=sorted(zoo.MODEL_CLASSES),
-                     help="expected model (default: the checkpoint's)")
+                     help="expected model (None: the checkpoint's)")
     enc.add_argument("-q", "--quality", type=int, choices=range(1, 7),
                      help="rate point to record for an official checkpoint")
     enc.add_argument("--metric", choices=METRICS[1:],
                      help="metric to record for an official checkpoint")
-    dec = sub.add_parser("decode", help="bitstream file -> PNG image")
+    dec = sub.add_parser("decode", help="bitstream file -> PNG image", formatter_class=formatter)
     common(dec)
-    info = sub.add_parser("info", help="print the header of a bitstream file")
-    info.add_argument("input", type=Path)
+    dec.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                     help="refuse files announcing larger images (height x width)")
+    info = sub.add_parser("info", help="print the header of a bitstream file",
+                          formatter_class=formatter)
+    info.add_argument("input", type=Path, help="the bitstream file")
     return parser.parse_args(argv)
 
 
@@ -301,7 +380,7 @@ def run(args: argparse.Namespace) -> str:
     image_format = image_format_for(args.output)
     stream = unpack(args.input.read_bytes())
     model, info = zoo.load_model(args.checkpoint, map_location=args.device)  # name checked below
-    x_hat = decode_stream(model, info, stream)
+    x_hat = decode_stream(model, info, stream, args.max_pixels)
     atomic_write(args.output, lambda tmp: write_image(x_hat, tmp, image_format),
                  overwrite=args.force)
     return f"{args.output}: {stream.width}x{stream.height}"

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Images the codec cannot represent exactly are converted with a warning, or refused."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from examples.stf.data import read_image
+
+
+def _write_png_rgb16(path, array: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG of `array: (H, W, 3)` (Pillow cannot write these)."""
+    height, width, _ = array.shape
+    rows = b"".join(b"\0" + array[i].astype(">u2").tobytes() for i in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_grey_ramp_keeps_its_levels_with_a_warning(tmp_path):
+    ramp = (np.arange(60, dtype=np.uint16) * 1111).reshape(6, 10)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    with pytest.warns(UserWarning, match="16-bit greyscale"):
+        x = read_image(tmp_path / "ramp.png")
+    assert x.shape == (3, 6, 10)
+    assert (x[0] * 65535).round().unique().numel() == 60
+
+
+def test_16_bit_rgb_is_read_with_a_warning(tmp_path):
+    _write_png_rgb16(tmp_path / "rgb16.png", np.arange(60).reshape(4, 5, 3) * 1000)
+    with pytest.warns(UserWarning, match="16 bits per channel"):
+        read_image(tmp_path / "rgb16.png")
+
+
+def test_transparent_alpha_is_dropped_with_a_warning(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    with pytest.warns(UserWarning, match="alpha channel is dropped"):
+        x = read_image(tmp_path / "rgba.png")
+    assert float(x[0].max()) == pytest.approx(200 / 255)
+
+
+def test_opaque_alpha_is_dropped_without_a_warning(tmp_path):
+    rgba = np.full((4, 4, 4), 255, np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "opaque.png").shape == (3, 4, 4)
+
+
+def test_float_samples_are_refused_naming_the_mode(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(ValueError, match="floating-point or 32-bit samples .* 'F'"):
+        read_image(tmp_path / "float.tiff")
