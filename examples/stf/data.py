@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SMOKE_DIR = Path(__file__).resolve().parent / "assets" / "smoke"
@@ -217,8 +217,77 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        """The crop of image `key`, or of image `key[0]` drawn with the seed `key[1]`.
+
+        A seeded key (what `ResumableSampler` yields) makes the crop a function of the key
+        alone, whichever worker process reads it; a plain index draws from the global source.
+        """
+        index, seed = key if isinstance(key, tuple) else (key, None)
         x = read_image(self.files[index])
-        if self.train:
-            return random_crop_flip(x, self.patch_size)
-        return center_crop(x, self.patch_size)
+        if not self.train:
+            return center_crop(x, self.patch_size)
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return random_crop_flip(x, self.patch_size, generator)
+
+
+class ResumableSampler(Sampler):
+    """Shuffled epochs of `(index, seed)` keys that can start at any training step.
+
+    Epoch `e` is a permutation of the dataset drawn from `(seed, e)`; with several processes,
+    each takes every `world_size`-th entry of it (the tail that does not fill a whole step on
+    every process is dropped, as `DistributedSampler(drop_last=True)` does). Every key carries
+    its own crop seed, drawn from `(seed, e, rank, position)`. Hence the order and the crops of
+    the data from step `n` on depend on `n` only: a run resumed at step `n` sees exactly the
+    batches an uninterrupted run sees.
+
+    Args:
+        size: number of images.
+        batch_size: images per step and process.
+        seed: the run's seed.
+        rank, world_size: this process and the number of processes.
+
+    Example:
+        >>> from examples.stf.data import ResumableSampler
+        >>> sampler = ResumableSampler(5, batch_size=2, seed=0)
+        >>> sampler.steps_per_epoch
+        2
+        >>> sampler.start_at(3)  # the second step of the second epoch
+        >>> len(list(sampler))
+        2
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = size // world_size // batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{size} images are fewer than one step needs ({batch_size=} x {world_size} "
+                "processes); lower --batch-size or add images."
+            )
+        self.start_step = 0
+
+    def start_at(self, step: int) -> None:
+        """Makes the next iteration yield the rest of the epoch that holds `step`."""
+        self.start_step = step
+
+    def _epoch_and_skip(self) -> tuple[int, int]:
+        return divmod(self.start_step, self.steps_per_epoch)
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self._epoch_and_skip()[1]) * self.batch_size
+
+    def __iter__(self):
+        epoch, skip = self._epoch_and_skip()
+        generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        order = torch.randperm(self.size, generator=generator)  # (size,)
+        mine = order[self.rank :: self.world_size][: self.steps_per_epoch * self.batch_size]
+        for position in range(skip * self.batch_size, len(mine)):
+            yield int(mine[position]), _mix(self.seed, epoch, self.rank, position)
+
+
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed drawn from a tuple of non-negative integers."""
+    low, high = np.random.SeedSequence(list(numbers)).generate_state(2)
+    return (int(high) << 31) ^ int(low)

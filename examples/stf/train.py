@@ -23,6 +23,8 @@ import argparse
 import json
 import math
 import os
+import random
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,15 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
-from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from examples.stf import zoo  # noqa: E402
-from examples.stf.data import MIN_MS_SSIM_SIDE, SMOKE_DIR, ImageFolder  # noqa: E402
+from examples.stf.cli import HelpFormatter  # noqa: E402
+from examples.stf.data import (  # noqa: E402
+    MIN_MS_SSIM_SIDE,
+    SMOKE_DIR,
+    ImageFolder,
+    ResumableSampler,
+)
 
 # What --smoke changes, unless given explicitly on the command line.
 SMOKE_DEFAULTS = dict(
@@ -46,8 +53,18 @@ SMOKE_DEFAULTS = dict(
 )
 FULL_DEFAULTS = dict(
     iterations=2_000_000, batch_size=16, patch_size=256, val_every=5000, save_every=5000,
-    num_workers=4,
 )
+# Settings a resumed run must share with the run it continues to repeat it exactly.
+SCHEDULE_KEYS = ("iterations", "lr", "lr_drop", "aux_lr", "clip_max_norm", "batch_size",
+                 "patch_size", "seed", "train_dir", "world_size")
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
+
+
+def default_workers() -> int:
+    """Data workers per process: one core less than this process's share, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_process = (cores or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(0, min(4, per_process - 1))
 
 
 class RateDistortionLoss(nn.Module):
@@ -124,39 +141,60 @@ class Runtime:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-m", "--model", default="stf", choices=sorted(zoo.MODEL_CLASSES))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-m", "--model", default="stf", choices=sorted(zoo.MODEL_CLASSES),
+                        help="stf (SymmetricalTransFormer) or cnn (WACNN)")
     parser.add_argument("-d", "--dataset", type=Path, help="folder with train/ and test/")
     parser.add_argument("--train-dir", type=Path, help="training images (overrides --dataset)")
     parser.add_argument("--val-dir", type=Path, help="validation images (overrides --dataset)")
-    parser.add_argument("--metric", default="mse", choices=sorted(zoo.LAMBDAS))
+    parser.add_argument("--metric", default="mse", choices=sorted(zoo.LAMBDAS),
+                        help="distortion term of the loss")
     rate = parser.add_mutually_exclusive_group()
-    rate.add_argument("--lmbda", "--lambda", type=float, help="rate-distortion trade-off")
-    rate.add_argument("-q", "--quality", type=int, choices=range(1, 7), help="lambda index")
+    rate.add_argument("--lmbda", "--lambda", type=float,
+                      help="rate-distortion trade-off (default: that of --quality)")
+    rate.add_argument("-q", "--quality", type=int, choices=range(1, 7),
+                      help="rate point 1..6, picks lambda (default: 3)")
     parser.add_argument("--config", type=json.loads, default=None,
                         help='model constructor arguments as JSON, e.g. \'{"N": 128}\'')
     parser.add_argument("--tiny", action="store_true", help="tiny model config (for tests)")
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute activations in backward (less memory, slower)")
-    parser.add_argument("--iterations", type=int, help="total optimizer steps")
+    parser.add_argument("--iterations", type=int,
+                        help="total optimizer steps (default: 2000000; 4 with --smoke)")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     parser.add_argument("--lr-drop", type=int,
                         help="step at which the learning rate drops 10x (default: 90%% of "
                              "--iterations)")
     parser.add_argument("--aux-lr", type=float, default=1e-3, help="aux (quantiles) lr")
     parser.add_argument("--clip-max-norm", type=float, default=1.0, help="0 disables clipping")
-    parser.add_argument("--batch-size", type=int, help="images per step and process")
-    parser.add_argument("--val-batch-size", type=int, default=8)
-    parser.add_argument("--patch-size", type=int, help="side of the square training crops")
-    parser.add_argument("--num-workers", type=int)
-    parser.add_argument("--val-every", type=int, help="steps between validations")
-    parser.add_argument("--save-every", type=int, help="steps between checkpoints")
-    parser.add_argument("--save-dir", type=Path, default=Path("checkpoints"))
+    parser.add_argument("--batch-size", type=int,
+                        help="images per step and process (default: 16; 2 with --smoke)")
+    parser.add_argument("--val-batch-size", type=int, default=8, help="images per val batch")
+    parser.add_argument("--patch-size", type=int,
+                        help="side of the square training crops (default: 256; 64 with --smoke)")
+    parser.add_argument("--num-workers", type=int,
+                        help=f"data loading processes per training process (default: one less "
+                             f"than the CPU cores per process, at most 4: {default_workers()} "
+                             "here; 0 with --smoke)")
+    parser.add_argument("--val-every", type=int,
+                        help="steps between validations (default: 5000; 2 with --smoke)")
+    parser.add_argument("--save-every", type=int,
+                        help="steps between checkpoints (default: 5000; 2 with --smoke)")
+    parser.add_argument("--save-dir", type=Path, default=Path("checkpoints"),
+                        help="where checkpoint.pth.tar and checkpoint_best.pth.tar go")
     parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument("--allow-schedule-change", action="store_true",
+                        help="resume with other schedule settings (--iterations, --lr, --seed, "
+                        "...) than the checkpoint's; the run then differs from an "
+                        "uninterrupted one")
+    parser.add_argument("--stop-after", type=int,
+                        help="stop after this many steps of this run, saving a checkpoint to "
+                        "--resume from (e.g. to fit a job's time limit)")
     parser.add_argument("--force", action="store_true",
-                        help="start a new run even if --save-dir already holds checkpoints "
-                        "(they are overwritten)")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="start or resume even if --save-dir already holds another run's "
+                        "checkpoints (they are overwritten)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     parser.add_argument("--smoke", action="store_true",
@@ -176,6 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.val_dir = args.val_dir or args.dataset / "test"
     if args.train_dir is None:
         parser.error("give --dataset (with train/ and test/), --train-dir, or --smoke.")
+    if args.num_workers is None:
+        args.num_workers = default_workers()
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after must be at least 1 step, got {args.stop_after}.")
     if args.lr_drop is None:
         args.lr_drop = int(0.9 * args.iterations)
     if args.lmbda is None:
@@ -208,10 +250,49 @@ def setup_runtime(device: str | None) -> Runtime:
 
 
 def seed_everything(seed: int, rank: int, step: int) -> None:
-    """Seeds torch and numpy from (seed, rank, step): ranks differ, resumed runs move on."""
-    state = np.random.SeedSequence([seed, rank, step]).generate_state(2)
+    """Seeds torch, numpy and Python from (seed, rank, step): ranks differ."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(3)
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
+    random.seed(int(state[2]))
+
+
+def rng_state() -> dict:
+    """This process's random state (torch CPU and CUDA, numpy, Python) as tensors and ints,
+    so that `torch.load(weights_only=True)` reads it back."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": python_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what `rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    numpy = state["numpy"]
+    keys = numpy["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
+    python = state["python"]
+    internal = tuple(int(v) for v in python["internal"].tolist())
+    random.setstate((python["version"], internal, python["gauss"]))
+
+
+def gather_rng_states(runtime: Runtime) -> list[dict]:
+    """Every process's `rng_state()`, by rank (a collective call when distributed)."""
+    state = rng_state()
+    if not runtime.distributed:
+        return [state]
+    states: list = [None] * runtime.world_size
+    dist.all_gather_object(states, state)
+    return states
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -324,31 +405,28 @@ def validate(raw_model, loader, criterion, runtime: Runtime) -> dict[str, float]
 
 
 def make_loaders(args: argparse.Namespace, runtime: Runtime):
-    """The training loader (DistributedSampler when distributed) and this rank's val loader."""
+    """The training loader (a `ResumableSampler` over this rank's share) and the val loader.
+
+    Neither loader draws from the global random source, so iterating them does not change
+    the noise the model sees.
+    """
     train_set = ImageFolder(args.train_dir, args.patch_size, train=True)
-    if len(train_set) < args.batch_size * runtime.world_size:
-        raise ValueError(
-            f"{args.train_dir} has {len(train_set)} images, fewer than one step needs "
-            f"(batch_size={args.batch_size} x {runtime.world_size} processes); lower "
-            "--batch-size or add images."
-        )
-    sampler = (
-        DistributedSampler(train_set, seed=args.seed, drop_last=True)
-        if runtime.distributed
-        else None
-    )
+    sampler = ResumableSampler(len(train_set), args.batch_size, args.seed, runtime.rank,
+                               runtime.world_size)
     pin = runtime.device.type == "cuda"
     train_loader = DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=args.num_workers, drop_last=True, pin_memory=pin,
-        persistent_workers=args.num_workers > 0,
+        train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+        drop_last=True, pin_memory=pin, persistent_workers=args.num_workers > 0,
+        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_ignore_sigint,
     )
     val_loader = None
     if args.val_dir is not None:
         val_set = ImageFolder(args.val_dir, args.patch_size, train=False)
         shard = Subset(val_set, range(runtime.rank, len(val_set), runtime.world_size))
         val_loader = DataLoader(shard, batch_size=args.val_batch_size,
-                                num_workers=args.num_workers, pin_memory=pin)
+                                num_workers=args.num_workers, pin_memory=pin,
+                                generator=torch.Generator().manual_seed(args.seed),
+                                worker_init_fn=_ignore_sigint)
     return train_loader, val_loader
 
 
@@ -360,10 +438,124 @@ def model_info(args: argparse.Namespace) -> zoo.ModelInfo:
 
 
 def plain_args(args: argparse.Namespace) -> dict:
-    """`args` with only JSON-like values, for the checkpoint."""
-    skip = {"runtime"}
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k not in skip}
+    """`args` with only JSON-like values (and the number of processes), for the checkpoint."""
+    plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+             if k != "runtime"}
+    plain["world_size"] = args.runtime.world_size
+    return plain
+
+
+def _same_setting(key: str, saved, current) -> bool:
+    if key.endswith("_dir") and saved is not None and current is not None:
+        return Path(saved).resolve() == Path(current).resolve()
+    return saved == current
+
+
+def check_save_dir(args: argparse.Namespace) -> None:
+    """Refuses a `--save-dir` holding another run's checkpoints, unless `--force` is given.
+
+    Resuming from a checkpoint inside `--save-dir` continues that run there, which is allowed.
+    """
+    save_dir = args.save_dir
+    existing = sorted(save_dir.glob("checkpoint*.pth.tar")) if save_dir.is_dir() else []
+    if not existing or args.force:
+        return
+    names = ", ".join(p.name for p in existing)
+    if args.resume is None:
+        raise ValueError(
+            f"--save-dir {save_dir} already holds {names}; pass --resume to continue that run, "
+            "another --save-dir, or --force to overwrite."
+        )
+    if args.resume.resolve().parent != save_dir.resolve():
+        raise ValueError(
+            f"--save-dir {save_dir} already holds {names}, which resuming from {args.resume} "
+            f"would overwrite; pass --save-dir {args.resume.parent} to continue there, an empty "
+            "--save-dir, or --force to overwrite."
+        )
+
+
+def check_resumable(checkpoint: dict, args: argparse.Namespace, info: zoo.ModelInfo) -> None:
+    """Refuses to resume another model, rate point or (without `--allow-schedule-change`)
+    schedule than the checkpoint's, naming both values."""
+    if not zoo.is_training_checkpoint(checkpoint) or checkpoint.get("name") != info.name:
+        raise ValueError(
+            f"--resume {args.resume} is not a {info.name!r} training checkpoint of this "
+            "script; start without --resume or pass the matching --model."
+        )
+    for key in ("config", "quality", "metric", "lmbda"):
+        if checkpoint.get(key) != getattr(info, key):
+            raise ValueError(
+                f"--resume {args.resume} was trained with {key}={checkpoint.get(key)!r}, but "
+                f"this run asks for {key}={getattr(info, key)!r}; resume with the same "
+                "--quality/--lmbda/--metric/--config/--tiny, or start a new run in another "
+                "--save-dir."
+            )
+    missing = [k for k in ("state_dict", "optimizer", "aux_optimizer", "step", "best_loss")
+               if k not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"--resume {args.resume} lacks {', '.join(missing)}: it holds weights only (an "
+            "export?); resume from the checkpoint.pth.tar a run saved."
+        )
+    saved, current = checkpoint.get("args") or {}, plain_args(args)
+    changed = [k for k in SCHEDULE_KEYS
+               if k in saved and not _same_setting(k, saved[k], current[k])]
+    if changed and not args.allow_schedule_change:
+        raise ValueError(
+            f"--resume {args.resume} was trained with "
+            + ", ".join(f"{k}={saved[k]!r}" for k in changed)
+            + ", but this run asks for "
+            + ", ".join(f"{k}={current[k]!r}" for k in changed)
+            + "; resume with the same settings to continue the run exactly, or pass "
+            "--allow-schedule-change to continue with the new ones."
+        )
+
+
+def remove_stale_temporaries(save_dir: Path) -> list[Path]:
+    """Deletes the temporary files of saves that were killed half-way; returns them."""
+    stale = sorted(save_dir.glob(".checkpoint*.pth.tar.*.tmp")) if save_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class StopRequest:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current step.
+
+    A second Ctrl-C interrupts at once. Used as a context manager around the training loop;
+    the previous handler is restored on exit.
+    """
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\ntrain.py: stopping after this step and saving a checkpoint (Ctrl-C again "
+              "stops at once, keeping the last checkpoint).", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop (a collective call when distributed)."""
+        if not self.runtime.distributed:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=self.runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Data workers leave Ctrl-C to the main process, which stops at a step boundary."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -374,6 +566,10 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as err:  # a user error: a message, not a traceback
         print(f"train.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"train.py: interrupted; the last complete checkpoint in {args.save_dir} is kept.",
+              file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     finally:
         if runtime.distributed:
             dist.destroy_process_group()
@@ -383,85 +579,105 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
     from tqdm import tqdm
 
     info = model_info(args)
+    check_save_dir(args)
+    checkpoint = None
+    if args.resume is not None:
+        checkpoint = zoo.read_checkpoint(args.resume, runtime.device)
+        check_resumable(checkpoint, args, info)
+    if runtime.is_main:
+        for path in remove_stale_temporaries(args.save_dir):
+            print(f"removed {path}, left by a save that was killed", file=sys.stderr)
     seed_everything(args.seed, 0, 0)  # same initial weights on every rank
     model = zoo.build_model(info.name, info.config).to(runtime.device).train()
     model.use_checkpoint = args.grad_checkpointing
     main_params, aux_params = split_parameters(model)
     optimizer = torch.optim.Adam(main_params, lr=args.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=args.aux_lr)
-    step, best_loss = 0, math.inf
-    existing = sorted(args.save_dir.glob("checkpoint*.pth.tar")) if args.save_dir.is_dir() else []
-    if args.resume is None and existing and not args.force:
-        raise ValueError(
-            f"--save-dir {args.save_dir} already holds {', '.join(p.name for p in existing)}; "
-            "pass --resume to continue that run, another --save-dir, or --force to overwrite."
-        )
-    if args.resume is not None:
-        checkpoint = zoo.read_checkpoint(args.resume, runtime.device)
-        if not zoo.is_training_checkpoint(checkpoint) or checkpoint["name"] != info.name:
-            raise ValueError(
-                f"--resume {args.resume} is not a {info.name!r} training checkpoint of this "
-                "script; start without --resume or pass the matching --model."
-            )
-        for key in ("config", "quality", "metric", "lmbda"):
-            if checkpoint.get(key) != getattr(info, key):
-                raise ValueError(
-                    f"--resume {args.resume} was trained with {key}={checkpoint.get(key)!r}, but "
-                    f"this run asks for {key}={getattr(info, key)!r}; resume with the same "
-                    "--quality/--lmbda/--metric/--config/--tiny, or start a new run in another "
-                    "--save-dir."
-                )
+    step, best_loss, saved_step = 0, math.inf, None
+    seed_everything(args.seed, runtime.rank, 0)
+    if checkpoint is not None:
         model.load_state_dict(checkpoint["state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         aux_optimizer.load_state_dict(checkpoint["aux_optimizer"])
         step, best_loss = checkpoint["step"], checkpoint["best_loss"]
-    seed_everything(args.seed, runtime.rank, step)
+        saved_step = step
+        states = checkpoint.get("rng_states") or []
+        if len(states) == runtime.world_size:
+            set_rng_state(states[runtime.rank])
+        else:
+            seed_everything(args.seed, runtime.rank, step)
+            if runtime.is_main:
+                print(f"train.py: warning: --resume {args.resume} holds no random state for "
+                      f"{runtime.world_size} process(es); the noise is drawn afresh, so this run "
+                      "will not repeat an uninterrupted one exactly.", file=sys.stderr)
     criterion = RateDistortionLoss(args.lmbda, args.metric)
     ddp_model = wrap_ddp(model, runtime)
     train_loader, val_loader = make_loaders(args, runtime)
+    checkpoint_path = args.save_dir / "checkpoint.pth.tar"
 
     def save(name: str) -> None:
+        nonlocal saved_step
         check_replicas_in_sync(model, runtime)  # rank 0 saves for all of them
+        states = gather_rng_states(runtime)
         if runtime.is_main:
             zoo.save_checkpoint(
                 args.save_dir / name, model, info, step=step, best_loss=best_loss,
                 optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
-                args=plain_args(args),
+                rng_states=states, args=plain_args(args),
             )
+        if name == checkpoint_path.name:
+            saved_step = step
 
-    progress = tqdm(total=args.iterations, initial=step, dynamic_ncols=True,
-                    disable=args.no_progress or not runtime.is_main)
-    epoch = step // len(train_loader)
-    while step < args.iterations:
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        for batch in train_loader:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args, step)
-            terms = train_step(ddp_model, model, batch.to(runtime.device, non_blocking=True),
-                               criterion, (optimizer, aux_optimizer),
-                               (main_params, aux_params), args)
-            step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{terms['loss']:.4f}", bpp=f"{terms['bpp_loss']:.3f}",
-                                 aux=f"{terms['aux_loss']:.1f}", lr=f"{learning_rate(args, step - 1):.0e}")
-            if not math.isfinite(terms["loss"]):
-                raise FloatingPointError(f"training loss is {terms['loss']} at step {step}; "
-                                         "lower --lr or check the data.")
-            if val_loader is not None and (step % args.val_every == 0 or step == args.iterations):
-                metrics = validate(model, val_loader, criterion, runtime)
-                if runtime.is_main:
-                    progress.write(f"step {step}: val " + ", ".join(
-                        f"{k}={v:.4f}" for k, v in metrics.items()))
-                if metrics["loss"] < best_loss:
-                    best_loss = metrics["loss"]
-                    save("checkpoint_best.pth.tar")
-            if step % args.save_every == 0 or step == args.iterations:
-                save("checkpoint.pth.tar")
-            if step >= args.iterations:
-                break
-        epoch += 1
-    progress.close()
+    end = args.iterations if args.stop_after is None else min(args.iterations,
+                                                              step + args.stop_after)
+    with StopRequest(runtime) as stop:
+        if runtime.is_main:
+            verb = f"resuming at step {step}" if checkpoint is not None else "training"
+            print(f"{verb}: {info.name}, lambda={info.lmbda}, {args.iterations} steps; "
+                  f"checkpoints go to {args.save_dir.resolve()}", flush=True)
+        progress = tqdm(total=args.iterations, initial=step, dynamic_ncols=True,
+                        disable=args.no_progress or not runtime.is_main)
+        stopping = False
+        while step < end and not stopping:
+            train_loader.sampler.start_at(step)  # the rest of the epoch that holds `step`
+            for batch in train_loader:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(args, step)
+                terms = train_step(ddp_model, model, batch.to(runtime.device, non_blocking=True),
+                                   criterion, (optimizer, aux_optimizer),
+                                   (main_params, aux_params), args)
+                step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{terms['loss']:.4f}", bpp=f"{terms['bpp_loss']:.3f}",
+                                     aux=f"{terms['aux_loss']:.1f}",
+                                     lr=f"{learning_rate(args, step - 1):.0e}")
+                if not math.isfinite(terms["loss"]):
+                    raise FloatingPointError(f"training loss is {terms['loss']} at step {step}; "
+                                             "lower --lr or check the data.")
+                if val_loader is not None and (step % args.val_every == 0
+                                               or step == args.iterations):
+                    metrics = validate(model, val_loader, criterion, runtime)
+                    if runtime.is_main:
+                        progress.write(f"step {step}: val " + ", ".join(
+                            f"{k}={v:.4f}" for k, v in metrics.items()))
+                    if metrics["loss"] < best_loss:
+                        best_loss = metrics["loss"]
+                        save("checkpoint_best.pth.tar")
+                if step % args.save_every == 0 or step == args.iterations:
+                    save(checkpoint_path.name)
+                stopping = stop.agreed()
+                if step >= end or stopping:
+                    break
+        progress.close()
+        if saved_step != step:
+            save(checkpoint_path.name)
+    if stopping:
+        if runtime.is_main:
+            print(f"train.py: interrupted at step {step}; saved {checkpoint_path}. Continue "
+                  f"with --resume {checkpoint_path}.", file=sys.stderr)
+        raise SystemExit(INTERRUPTED)
+    if runtime.is_main:
+        print(f"step {step}: saved {checkpoint_path}", flush=True)
 
 
 if __name__ == "__main__":

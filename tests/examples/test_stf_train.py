@@ -43,7 +43,7 @@ def test_smoke_checkpoint_loads_for_entropy_coding(smoke_dir):
 
 def test_resume_continues_step_count_and_optimizer_state(smoke_dir, tmp_path):
     train.main(["--smoke", "--iterations", "3", "--no-progress", "--save-dir", str(tmp_path),
-                "--resume", str(smoke_dir / "checkpoint.pth.tar")])
+                "--allow-schedule-change", "--resume", str(smoke_dir / "checkpoint.pth.tar")])
     checkpoint = zoo.read_checkpoint(tmp_path / "checkpoint.pth.tar")
     adam_steps = {float(s["step"]) for s in checkpoint["optimizer"]["state"].values()}
     assert (checkpoint["step"], adam_steps) == (3, {3.0})
