@@ -26,9 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from examples.stf import zoo
 from examples.stf.models import WACNN, SymmetricalTransFormer
 
-__all__ = ["ARCHITECTURES", "convert_official_state_dict", "infer_arch", "load_official"]
+__all__ = [
+    "ARCHITECTURES",
+    "check_state_dict",
+    "convert_official_state_dict",
+    "infer_arch",
+    "load_official",
+]
 
 #: Architecture names of the official code (`-m stf` / `-m cnn`) and our classes.
 ARCHITECTURES = {"stf": SymmetricalTransFormer, "cnn": WACNN}
@@ -75,6 +82,12 @@ def convert_official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tens
             f"checkpoint must be a dict (what torch.load returns), got {type(checkpoint).__name__}."
         )
     state = _unwrap(checkpoint)
+    odd_keys = [repr(k) for k in state if not isinstance(k, str)]
+    if odd_keys:
+        raise ValueError(
+            f"the checkpoint's state dict has keys that are not parameter names: "
+            f"{_listed(odd_keys)}; a state dict maps names such as 'g_a.0.weight' to tensors."
+        )
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     converted: dict[str, Tensor] = {}
@@ -104,7 +117,25 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
-def _check_keys(model: torch.nn.Module, state_dict: Mapping[str, Tensor], arch: str) -> None:
+def check_state_dict(
+    model: torch.nn.Module,
+    state_dict: Mapping[str, Tensor],
+    arch: str,
+    float_dtype: torch.dtype | None = None,
+) -> None:
+    """Checks that `state_dict` fits `model` before anything is loaded into it.
+
+    Args:
+        model: the model as built.
+        state_dict: a converted state dict (see `convert_official_state_dict`).
+        arch: the architecture name, for the message.
+        float_dtype: the dtype the floating-point entries may have besides the model's own
+            (a weights export in float16); None allows the model's dtypes only.
+
+    Raises:
+        ValueError: listing the missing, unexpected and mis-shaped keys, the entries of
+            another dtype, and the entries holding NaN or infinity.
+    """
     expected = model.state_dict()
     optional = {
         f"{name}.relative_position_index"
@@ -120,6 +151,16 @@ def _check_keys(model: torch.nn.Module, state_dict: Mapping[str, Tensor], arch: 
         for k, v in expected.items()
         if k in state_dict and not k.endswith(resized) and state_dict[k].shape != v.shape
     ]
+    wrong_dtype = [
+        f"{k} {state_dict[k].dtype} vs {v.dtype}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].dtype != v.dtype
+        and not (v.is_floating_point() and state_dict[k].dtype == float_dtype)
+    ]
+    non_finite = [
+        k for k, v in state_dict.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listed(missing)}")
@@ -127,11 +168,17 @@ def _check_keys(model: torch.nn.Module, state_dict: Mapping[str, Tensor], arch: 
         problems.append(f"unexpected keys: {_listed(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches (checkpoint vs model): {_listed(mismatched)}")
+    if wrong_dtype:
+        problems.append(f"dtype mismatches (checkpoint vs model): {_listed(wrong_dtype)}")
+    if non_finite:
+        problems.append(f"NaN or infinite values in: {_listed(non_finite)}")
     if problems:
         raise ValueError(
             f"the checkpoint does not fit {type(model).__name__} (arch={arch!r}) as built; "
             + "; ".join(problems)
-            + ". Pass the constructor arguments the checkpoint was trained with, or the right arch."
+            + ". Pass the constructor arguments the checkpoint was trained with, or the right "
+            "arch; weights of another dtype or with NaN/infinity come from a damaged or "
+            "diverged training run."
         )
 
 
@@ -158,11 +205,13 @@ def load_official(
         The model in eval mode, on `map_location`.
 
     Raises:
-        ValueError: the checkpoint does not fit the model; the message lists the missing,
-            unexpected and mis-shaped keys.
+        FileNotFoundError: if the file does not exist.
+        ValueError: the file cannot be read (the message names it and the cause), or the
+            checkpoint does not fit the model; the message lists the missing, unexpected and
+            mis-shaped keys, the entries of another dtype and those holding NaN or infinity.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = torch.load(path_or_state_dict, map_location=map_location, weights_only=weights_only)
+        checkpoint = zoo.read_checkpoint(path_or_state_dict, map_location or "cpu", weights_only)
     else:
         checkpoint = path_or_state_dict
     state_dict = convert_official_state_dict(checkpoint)
@@ -170,7 +219,7 @@ def load_official(
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got arch={arch!r}.")
     model = ARCHITECTURES[arch](**model_kwargs)
-    _check_keys(model, state_dict, arch)
+    check_state_dict(model, state_dict, arch)
     model.load_state_dict(state_dict, strict=True)
     if map_location is not None:
         model.to(map_location)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import pickle
 import zlib
 from pathlib import Path
 from typing import Any
@@ -83,8 +85,20 @@ def model_class(name: str) -> type[nn.Module]:
 
 
 def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """A freshly initialised model `name` built with the keyword arguments `config`."""
-    return model_class(name)(**(config or {}))
+    """A freshly initialised model `name` built with the keyword arguments `config`.
+
+    Raises:
+        ValueError: if `config` holds a key that is not a constructor argument of the model.
+    """
+    cls = model_class(name)
+    known = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(config or {}) - known)
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} has no constructor argument {', '.join(unknown)} (from the config "
+            f"{config}); its arguments are {', '.join(sorted(known))}."
+        )
+    return cls(**(config or {}))
 
 
 def lambda_for(metric: str, quality: int) -> float:
@@ -112,23 +126,92 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, **state
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True
+) -> dict:
     """Reads a checkpoint file (tensors only, nothing executable) onto `map_location`.
+
+    Every way the file can fail to load (missing, empty, text, damaged archive, random bytes,
+    objects that `weights_only` forbids) is reported as one error that names the file and the
+    cause.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to load the tensors.
+        weights_only: passed to `torch.load`; set False only for trusted files.
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: if the file is not a readable checkpoint.
+        ValueError: if the file is not a readable checkpoint, or holds no dict at the top.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r}: the file is empty (0 bytes), probably cut "
+            "short while it was written or copied; use a complete copy."
+        )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for foreign or damaged files
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {err}") from err
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as err:  # torch raises many types for foreign or damaged files
+        cause = f"{type(err).__name__}: {str(err).strip().split('. ')[0]}"
+        if weights_only and isinstance(err, pickle.UnpicklingError):
+            cause += (" (the file is not a torch.save file, or it holds objects other than "
+                      "tensors and containers: only trusted files may load with "
+                      "weights_only=False)")
+        raise ValueError(
+            f"cannot read checkpoint {str(path)!r} ({size} bytes, {_describe_start(path)}): "
+            f"{cause[:300]}. Pass a file written by torch.save, such as a checkpoint of the "
+            "official STF code or of train.py."
+        ) from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a dict.")
     return checkpoint
+
+
+def _describe_start(path: Path) -> str:
+    """What the first bytes of a file that `torch.load` refused look like."""
+    with path.open("rb") as file:
+        head = file.read(64)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, like torch.save's, but damaged or not torch.save's"
+    if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
+        return "a pickle stream"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data of an unknown format"
+    return "text"
+
+
+def save_weights(
+    path: str | Path, model: nn.Module, info: ModelInfo, dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+) -> None:
+    """Atomically saves a weights-only export of `model`: `info` and the state dict, without
+    optimizer states and training records, the parameters cast to `dtype`.
+
+    `load_model` (hence `codec.py` and `eval.py`) reads it like a training checkpoint; it
+    cannot be resumed. Buffers keep their dtype, and the entropy coder's tables are left out
+    (`load_model` rebuilds them).
+
+    Raises:
+        FileExistsError: if `path` exists and `overwrite` is False.
+    """
+    tables = ("_quantized_cdf", "_offset", "_cdf_length")
+    params = {name for name, _ in model.named_parameters()}
+    weights = {k: (v.to(dtype) if k in params else v).detach().cpu().clone()
+               for k, v in model.state_dict().items() if not k.endswith(tables)}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        **dataclasses.asdict(info),
+        "state_dict": weights,
+        "weights_dtype": str(dtype).removeprefix("torch."),
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
 
 
 def is_training_checkpoint(checkpoint: dict) -> bool:
@@ -168,6 +251,18 @@ def load_model(
                 f"checkpoint {str(path)!r} holds model {recorded!r}, but {name=} was given; "
                 "drop --model or pass the matching one."
             )
+        version = checkpoint.get("format_version")
+        if version != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"checkpoint {str(path)!r} has format version {version!r}; this code reads "
+                f"version {CHECKPOINT_VERSION}. Use the version of the scripts that wrote it."
+            )
+        if not isinstance(checkpoint.get("state_dict"), dict):
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds no weights (no 'state_dict' entry; it has "
+                f"{', '.join(sorted(map(str, checkpoint)))}); use a checkpoint that train.py "
+                "or export.py wrote."
+            )
         info = ModelInfo(
             name=recorded,
             config=dict(checkpoint.get("config") or {}),
@@ -175,8 +270,16 @@ def load_model(
             metric=checkpoint.get("metric"),
             lmbda=checkpoint.get("lmbda"),
         )
+        loader = importlib.import_module("examples.stf.loader")
         model = build_model(info.name, info.config)
-        model.load_state_dict(checkpoint["state_dict"])
+        weights_dtype = getattr(torch, str(checkpoint.get("weights_dtype", "float32")), None)
+        state_dict = checkpoint["state_dict"]
+        tables = ("_quantized_cdf", "_offset", "_cdf_length")
+        if "weights_dtype" in checkpoint:  # an export leaves the tables out; update() below
+            state_dict = {**{k: v for k, v in model.state_dict().items() if k.endswith(tables)},
+                          **state_dict}
+        loader.check_state_dict(model, state_dict, info.name, float_dtype=weights_dtype)
+        model.load_state_dict(state_dict)
     else:
         loader = importlib.import_module("examples.stf.loader")
         if name is None:
