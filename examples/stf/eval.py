@@ -32,6 +32,7 @@ from torch import nn  # noqa: E402
 
 from examples.stf import zoo  # noqa: E402
 from examples.stf.atomic import atomic_write, atomic_write_bytes  # noqa: E402
+from examples.stf.cli import HelpFormatter, refuse_existing  # noqa: E402
 from examples.stf.data import (  # noqa: E402
     MIN_MS_SSIM_SIDE,
     find_images,
@@ -103,8 +104,12 @@ def mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def evaluate_checkpoint(model: nn.Module, images: list[Path], root: Path, warmup: int = 1):
-    """Per-image metrics of `model` on `images` and their means (keys of `METRIC_KEYS`)."""
+def evaluate_checkpoint(model: nn.Module, images: list[Path], root: Path, warmup: int = 1,
+                        progress=None):
+    """Per-image metrics of `model` on `images` and their means (keys of `METRIC_KEYS`).
+
+    `progress` (a tqdm bar, optional) advances by one per image.
+    """
     if warmup and images:
         for _ in range(warmup):  # first calls pay one-off costs (allocations, kernels)
             evaluate_image(model, read_image(images[0]))
@@ -112,6 +117,9 @@ def evaluate_checkpoint(model: nn.Module, images: list[Path], root: Path, warmup
     for path in images:
         metrics = evaluate_image(model, read_image(path))
         per_image.append({"source": str(path.relative_to(root)), **metrics})
+        if progress is not None:
+            progress.set_postfix(bpp=f"{metrics['bpp']:.3f}", psnr=f"{metrics['psnr-rgb']:.2f}")
+            progress.update(1)
     means = {key: mean([m[key] for m in per_image]) for key in METRIC_KEYS}
     return means, per_image
 
@@ -146,8 +154,12 @@ def load_curve(path: str | Path) -> dict:
     }
 
 
-def plot_curves(curves: list[dict], path: str | Path) -> None:
-    """Plots PSNR (and MS-SSIM in dB, where known) against bpp, one line per curve, to PNG."""
+def plot_curves(curves: list[dict], path: str | Path, overwrite: bool = True) -> None:
+    """Plots PSNR (and MS-SSIM in dB, where known) against bpp, one line per curve, to PNG.
+
+    Raises:
+        FileExistsError: if `path` exists and `overwrite` is False.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +183,11 @@ def plot_curves(curves: list[dict], path: str | Path) -> None:
         ax.grid(True, alpha=0.4)
         ax.legend(loc="lower right")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150),
+                     overwrite=overwrite)
+    finally:
+        plt.close(fig)
 
 
 def _to_db(ms_ssim_value: float) -> float:
@@ -180,20 +195,26 @@ def _to_db(ms_ssim_value: float) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("images", nargs="?", type=Path, help="folder of images (recursive)")
     parser.add_argument("-c", "--checkpoint", nargs="+", type=Path, default=[],
                         help="one checkpoint per rate point")
     parser.add_argument("-m", "--model", choices=sorted(zoo.MODEL_CLASSES),
                         help="expected model (default: the checkpoint's)")
     parser.add_argument("--name", help="curve name (default: MODEL-METRIC, e.g. stf-mse)")
-    parser.add_argument("-o", "--output", type=Path, help="write the JSON here")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="write the JSON here (default: standard output)")
     parser.add_argument("--plot", type=Path, help="write the RD plot (PNG) here")
     parser.add_argument("--compare", nargs="+", type=Path, default=[],
                         help="other RD JSON files to plot alongside")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cpu", help="where the models run")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="the models' dtype (cast after update())")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="overwrite existing -o and --plot files")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = parser.parse_args(argv)
     if args.checkpoint and args.images is None:
         parser.error("give the folder of images to evaluate the checkpoints on.")
@@ -204,18 +225,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """Runs every checkpoint; returns the JSON document (rate points sorted by bpp)."""
+    from tqdm import tqdm
+
     images = find_images(args.images)
     points = []
     name = args.name
+    progress = tqdm(total=len(images) * len(args.checkpoint), unit="image", dynamic_ncols=True,
+                    disable=args.no_progress)
     for checkpoint in args.checkpoint:
+        progress.set_description(checkpoint.name)
         model, info = zoo.load_model(checkpoint, args.model, map_location=args.device)
         model = model.to(DTYPES[args.dtype])
-        means, per_image = evaluate_checkpoint(model, images, args.images, args.warmup)
+        means, per_image = evaluate_checkpoint(model, images, args.images, args.warmup, progress)
         name = name or "-".join(filter(None, (info.name, info.metric)))
         points.append((means, {"checkpoint": str(checkpoint), "quality": info.quality,
                                "lmbda": info.lmbda, "images": per_image}))
-        print(f"{checkpoint}: " + ", ".join(f"{k}={_fmt(means[k])}" for k in METRIC_KEYS),
-              file=sys.stderr)
+        progress.write(f"{checkpoint}: " + ", ".join(f"{k}={_fmt(means[k])}" for k in METRIC_KEYS),
+                       file=sys.stderr)
+    progress.close()
     points.sort(key=lambda point: point[0]["bpp"])
     return {
         "name": name,
@@ -232,19 +259,20 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        refuse_existing([args.output, args.plot], args.force)  # before a long run, not after
         curves = [load_curve(path) for path in args.compare]
         if args.checkpoint:
             document = evaluate(args)
             text = json.dumps(document, indent=2)
             if args.output is not None:
-                atomic_write_bytes(args.output, text.encode())
+                atomic_write_bytes(args.output, text.encode(), overwrite=args.force)
             else:
                 print(text)
             results = document["results"]
             curves.insert(0, {"name": document["name"], "bpp": results["bpp"],
                               "psnr": results["psnr-rgb"], "ms-ssim": results["ms-ssim-rgb"]})
         if args.plot is not None:
-            plot_curves(curves, args.plot)
+            plot_curves(curves, args.plot, overwrite=args.force)
     except (OSError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
