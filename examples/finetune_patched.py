@@ -18,6 +18,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,6 +32,8 @@ from tqdm import tqdm
 from winattn import patch_model
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
+# CompressAI's MSE lambdas of the zoo's qualities 1..8 (the rate point the weights were trained at).
+MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
 class ImageCrops(Dataset):
@@ -68,9 +73,28 @@ def optimizers(model: torch.nn.Module, lr: float, aux_lr: float):
     return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
 
 
+def save_atomically(payload: dict, out: Path, overwrite: bool) -> None:
+    """`torch.save` to a temporary file beside `out`, then one rename: never half a file."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {str(out)!r} already exists; pass --force to overwrite it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def train(args: argparse.Namespace) -> Path:
     from compressai.losses import RateDistortionLoss
 
+    out = Path(args.out)
+    if out.exists() and not args.force:  # checked before training, not after
+        raise FileExistsError(f"--out {str(out)!r} already exists; pass --force to overwrite it.")
+    print(f"fine-tuning {args.arch} quality {args.quality} at lambda={args.lmbda}; the result "
+          f"goes to {out}")
     device = torch.device(args.device)
     model = build_model(args).to(device).train()
     loader = DataLoader(
@@ -99,35 +123,59 @@ def train(args: argparse.Namespace) -> Path:
                 mse=f"{losses['mse_loss'].item():.5f}",
                 aux=f"{aux_loss.item():.1f}",
             )
-    out = Path(args.out)
-    torch.save({"state_dict": model.state_dict(), "arch": f"{args.arch}-winattn", "epoch": args.epochs}, out)
+    payload = {"state_dict": model.state_dict(), "arch": f"{args.arch}-winattn",
+               "epoch": args.epochs, "quality": args.quality, "lmbda": args.lmbda}
+    save_atomically(payload, out, overwrite=args.force)
     print(f"saved {out}; export it with: python -m winattn.integrations.compressai update_model "
           f"{out} -a {args.arch}-winattn")
     return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--arch", default="bmshj2018-hyperprior", help="CompressAI zoo architecture")
-    p.add_argument("--quality", type=int, default=3)
+    p.add_argument("--quality", type=int, default=3, choices=range(1, len(MSE_LAMBDAS) + 1),
+                   help="zoo quality (the weights' rate point); picks the lambda")
     p.add_argument("--pretrained", action="store_true", help="start from CompressAI's weights (downloads)")
     p.add_argument("--checkpoint", help="state dict of the unpatched architecture to start from")
     p.add_argument("--dataset", required=True, help="folder of training images")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--lmbda", type=float, default=0.0130, help="rate-distortion trade-off")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--aux-lr", type=float, default=1e-3)
-    p.add_argument("--clip-max-norm", type=float, default=1.0)
-    p.add_argument("--init", choices=["identity", "paper"], default="identity")
-    p.add_argument("--window-size", type=int, default=None)
-    p.add_argument("--num-heads", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="checkpoint-winattn.pth.tar")
-    return p.parse_args(argv)
+    p.add_argument("--epochs", type=int, default=1, help="passes over the dataset")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--patch-size", type=int, default=256, help="side of the random crops")
+    p.add_argument("--lmbda", type=float, default=None,
+                   help="rate-distortion trade-off (None: CompressAI's MSE lambda of --quality)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    p.add_argument("--aux-lr", type=float, default=1e-3, help="learning rate of the quantiles")
+    p.add_argument("--clip-max-norm", type=float, default=1.0, help="0 disables clipping")
+    p.add_argument("--init", choices=["identity", "paper"], default="identity",
+                   help="initialisation of the inserted blocks")
+    p.add_argument("--window-size", type=int, default=None,
+                   help="window of the inserted blocks (None: patch_model's choice)")
+    p.add_argument("--num-heads", type=int, default=8, help="heads of the inserted blocks")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where training runs")
+    p.add_argument("--out", default="checkpoint-winattn.pth.tar", help="checkpoint to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    args = p.parse_args(argv)
+    if args.lmbda is None:
+        args.lmbda = MSE_LAMBDAS[args.quality - 1]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; nothing was written to {args.out}.", file=sys.stderr)
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    train(parse_args())
+    raise SystemExit(main())
