@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = args.runtime = setup_runtime(args.device)
     try:
         run(args, runtime)
-    except (OSError, ValueError) as err:  # a user error: a message, not a traceback
+    except (OSError, ValueError, FloatingPointError) as err:  # a message, not a traceback
         print(f"train.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

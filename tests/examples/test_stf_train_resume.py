@@ -130,11 +130,11 @@ def test_default_workers_follow_the_cores_per_process(monkeypatch, cores, proces
 
 
 def test_sampler_started_mid_epoch_yields_the_rest_of_that_epoch():
-    sampler = ResumableSampler(7, batch_size=2, seed=3)
-    sampler.start_at(3)  # epoch 1, its second step
+    sampler = ResumableSampler(7, batch_size=2, seed=3)  # 3 steps an epoch
+    sampler.start_at(4)  # epoch 1, its second step
     tail = list(sampler)
-    sampler.start_at(2)  # epoch 1 from its start
-    assert tail == list(sampler)[2:]
+    sampler.start_at(3)  # epoch 1 from its start
+    assert len(tail) == 4 and tail == list(sampler)[2:]
 
 
 def test_sampler_epochs_are_different_permutations():
