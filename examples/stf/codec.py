@@ -55,6 +55,7 @@ from torch import nn  # noqa: E402
 
 from examples.stf import zoo  # noqa: E402
 from examples.stf.atomic import atomic_write, atomic_write_bytes  # noqa: E402
+from examples.stf.cli import HelpFormatter  # noqa: E402
 from examples.stf.data import image_format_for, read_image, to_uint8, write_image  # noqa: E402
 
 MAGIC = b"\x89WAC"
@@ -327,7 +328,7 @@ def decode_stream(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = HelpFormatter
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,7 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     enc = sub.add_parser("encode", help="image -> bitstream file", formatter_class=formatter)
     common(enc)
     enc.add_argument("-m", "--model", choices=sorted(zoo.MODEL_CLASSES),
-                     help="expected model (None: the checkpoint's)")
+                     help="expected model (default: the checkpoint's)")
     enc.add_argument("-q", "--quality", type=int, choices=range(1, 7),
                      help="rate point to record for an official checkpoint")
     enc.add_argument("--metric", choices=METRICS[1:],
