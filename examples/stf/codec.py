@@ -68,6 +68,7 @@ MAX_PIXELS = 2**25  # pixels in all by default (33.5 M, e.g. 7680x4320); --max-p
 # costs at most 16 bits of probability plus 36 bits of bypass coding (escape, chunk count,
 # eight 4-bit chunks of a 32-bit value), so a string holds 8..(8 + 8 * symbols) bytes.
 _RANS_WORD, _RANS_FLUSH, _MAX_BYTES_PER_SYMBOL = 4, 8, 8
+_PAD_SLACK = 1024  # zero bytes beyond one 64-bit word per symbol, for the decoder's last reads
 _PREFIX = struct.Struct(">4sBI")  # magic, version, body length
 _CRC = struct.Struct(">I")
 
@@ -285,9 +286,9 @@ def decode_stream(
     """Decompresses a parsed file with `model`.
 
     The sizes are checked first (`check_decodable`), and each string is padded with zero
-    bytes (one 64-bit word per symbol) before it goes to the entropy decoder: a valid string
-    is read exactly to its end, and a string whose size fields were altered runs into the
-    padding instead of past the buffer.
+    bytes (one 64-bit word per symbol, and 1 KiB) before it goes to the entropy decoder: a
+    valid string is read exactly to its end, and a string whose size fields were altered
+    runs into the padding instead of past the buffer.
 
     Returns:
         x_hat: (3, H, W) in [0, 1], at the original image size.
@@ -308,7 +309,7 @@ def decode_stream(
             f"checkpoint {fingerprint:08x}); decode with the checkpoint used for encoding."
         )
     counts = check_decodable(stream, model, max_pixels)
-    strings = [[string + bytes(_MAX_BYTES_PER_SYMBOL * symbols)]  # one image per group
+    strings = [[string + bytes(_MAX_BYTES_PER_SYMBOL * symbols + _PAD_SLACK)]  # one image a group
                for string, symbols in zip(stream.strings, counts)]
     x_hat = model.decompress(strings, (stream.height, stream.width))["x_hat"]  # (1, 3, H, W)
     if tuple(x_hat.shape) != (1, 3, stream.height, stream.width):
