@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from examples.stf import codec, zoo
+from tests.examples.stf_helpers import SCRIPTS, run_script
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,16 @@ def test_garbage_strings_with_a_forged_larger_size_end_in_an_error(tiny, seed):
     forged = _forged(stream, height=512, width=640, strings=strings)
     with pytest.raises(codec.BitstreamError, match="the file was altered"):
         codec.decode_stream(model, info, forged)
+
+
+def test_decode_cli_reports_a_forged_size_as_an_error_not_a_crash(tiny, tmp_path):
+    model, info, stream = tiny
+    checkpoint = tmp_path / "tiny.pth.tar"
+    zoo.save_checkpoint(checkpoint, model, info)
+    forged = tmp_path / "forged.bin"
+    forged.write_bytes(codec.pack(codec.Bitstream(**{**vars(stream), "height": 2**15 - 1,
+                                                     "width": 2**15 - 1})))
+    result = run_script(SCRIPTS / "codec.py", "decode", forged, "-o", tmp_path / "out.png",
+                        "--checkpoint", checkpoint)
+    assert result.returncode == 1, result.stderr
+    assert "above the limit" in result.stderr and not (tmp_path / "out.png").exists()

@@ -98,6 +98,15 @@ def test_resuming_with_another_schedule_is_refused_naming_both_values(
     assert not (tmp_path / "checkpoint.pth.tar").exists()
 
 
+def test_resuming_from_a_weights_export_is_refused(tmp_path, capsys):
+    info = train.model_info(train.parse_args(["--smoke"]))
+    export = tmp_path / "weights.pth.tar"
+    zoo.save_weights(export, zoo.build_model(info.name, info.config), info)
+    with pytest.raises(SystemExit):
+        train.main([*SMOKE, "--save-dir", str(tmp_path / "run"), "--resume", str(export)])
+    assert "holds weights only" in capsys.readouterr().err
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_without_a_traceback(tmp_path):
     command = [sys.executable, str(SCRIPTS / "train.py"), "--smoke", "--iterations", "100000",
                "--save-every", "100000", "--val-every", "100000", "--no-progress",
