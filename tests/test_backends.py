@@ -4,6 +4,7 @@ variable, per-module and per-call overrides, automatic choice and its errors."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 
 import winattn
 from winattn import backends
-from winattn.backends import AttentionCall, Backend, BackendUnavailableError
+from winattn.backends import AttentionCall, Backend, BackendUnavailableError, dispatcher
 from winattn.backends.reference import ReferenceBackend
 from winattn.backends.sdpa import SdpaBackend
 
@@ -25,8 +26,8 @@ QKV = torch.randn(1, 6, 5, 3 * 8)
 def clean_selection(monkeypatch):
     """Every test starts from "no choice made" and leaves the global state as it found it."""
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    monkeypatch.setattr(backends, "_global", None)
-    monkeypatch.setattr(backends, "_stack", [])
+    monkeypatch.setattr(dispatcher, "_global", None)
+    monkeypatch.setattr(dispatcher, "_overrides", contextvars.ContextVar("overrides", default=()))
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ class _Unverified(Backend):
 @pytest.fixture
 def fake_backends(monkeypatch):
     """Registers `_Picky` and `_Unverified`, and puts them first in the CPU auto order."""
-    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(dispatcher, "_REGISTRY", dict(dispatcher._REGISTRY))
     backends.register_backend(_Picky)
     backends.register_backend(_Unverified)
     monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("picky", "unverified", "sdpa", "reference"))
@@ -285,7 +286,7 @@ def test_available_backends_leaves_out_backends_with_missing_software(monkeypatc
         def missing_software(self) -> list[str]:
             return ["the 'absent' package is not installed"]
 
-    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(dispatcher, "_REGISTRY", dict(dispatcher._REGISTRY))
     backends.register_backend(Absent)
     assert "absent" not in winattn.available_backends()
     assert backends.backend_reasons()["absent"] == ["the 'absent' package is not installed"]

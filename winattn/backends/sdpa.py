@@ -25,15 +25,15 @@ How the work is laid out matters more than the arithmetic (measured with
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from winattn.backends import AttentionCall, Backend, register_backend
-from winattn.functional import geometry_mask
+from winattn._utils import compile_safe_cache
+from winattn.backends.dispatcher import AttentionCall, Backend
+from winattn.geometry import cached_mask, padded_size
 
 #: Eager inference gathers the qkv of at most this many bytes of images at a time (at
 #: least one image).
@@ -73,7 +73,7 @@ def _layout(
     b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
     device: torch.device | None,
 ) -> Layout:
-    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+    hp, wp = padded_size((h, w), (wh, ww))
     nwh, nww = hp // wh, wp // ww
     # Token of the original map held by each position of the shifted, padded map.
     src_r = (torch.arange(hp, device=device) + sh) % hp  # (Hp,) row that lands at row r
@@ -115,14 +115,7 @@ def _layout(
     )
 
 
-@functools.lru_cache(maxsize=128)
-def _layout_cached(
-    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
-    device: torch.device,
-) -> Layout:
-    # A cached tensor outlives the call: never an inference tensor (autograd could not save it).
-    with torch.inference_mode(False):
-        return _layout(b, h, w, wh, ww, sh, sw, grouped, device)
+_layout_cached = compile_safe_cache(maxsize=128)(_layout)
 
 
 def layout(call: AttentionCall, batch: int) -> Layout:
@@ -131,10 +124,7 @@ def layout(call: AttentionCall, batch: int) -> Layout:
     nw = (call.padded[0] // wh) * (call.padded[1] // ww)
     full_mask_bytes = nw * heads * (wh * ww) ** 2 * call.qkv.element_size()
     grouped = call.shifted and full_mask_bytes > FULL_MASK_MAX_BYTES
-    args = (batch, *call.size, wh, ww, *call.shift_size, grouped, call.qkv.device)
-    if torch.compiler.is_compiling():
-        return _layout(*args)
-    return _layout_cached(*args)
+    return _layout_cached(batch, *call.size, wh, ww, *call.shift_size, grouped, call.qkv.device)
 
 
 # Inference reuses the masks built from a bias table while the table keeps its values: an
@@ -172,7 +162,7 @@ def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
     bias = None if bias is None else bias.contiguous()[None]  # (1, heads, N, N)
     if not call.shifted:
         return [bias]
-    shift = geometry_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
+    shift = cached_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
     shift = shift.to(call.qkv.dtype)[:, None]  # (nW, 1, N, N)
     if lay.grouped:
         shift = shift[[window for _, window in lay.groups]]  # (G, 1, N, N)
@@ -260,7 +250,6 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     return out.view(b, h, w, c)  # (B, H, W, C)
 
 
-@register_backend
 class SdpaBackend(Backend):
     """`scaled_dot_product_attention` with an additive float mask; every device, every dtype."""
 
