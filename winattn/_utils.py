@@ -19,7 +19,7 @@ T = TypeVar("T")
 def as_int(value: object) -> int | None:
     """`value` as a Python int if it is an integer (a Python int, or a NumPy or 0-dim torch
     integer scalar), else None. Booleans are not integers here."""
-    if isinstance(value, bool) or getattr(value, "dtype", None) == torch.bool:
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
         return None
     if isinstance(value, torch.Tensor) and (value.dim() or value.is_floating_point()):
         return None
