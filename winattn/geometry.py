@@ -81,6 +81,15 @@ def default_scale(head_dim: int) -> float:
 
 
 def _relative_position_index(wh: int, ww: int, device: torch.device | None) -> Tensor:
+    n = wh * ww
+    need, budget = n * n * 8, memory_budget()
+    if need > budget:
+        raise ValueError(
+            f"the relative position index of window_size={(wh, ww)} ({n} tokens per window) "
+            f"needs {need / 2**30:.1f} GiB, over the budget of {budget / 2**30:.1f} GiB; use a "
+            f"smaller window (codecs use 4 to 16), or raise the budget with the environment "
+            f"variable {MEMORY_BUDGET_VAR}."
+        )
     ih, iw = torch.meshgrid(
         torch.arange(wh, device=device), torch.arange(ww, device=device), indexing="ij"
     )
