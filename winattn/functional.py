@@ -47,6 +47,7 @@ def window_partition(x: Tensor, window_size: int | Pair) -> Tensor:
         `(B * nW, Wh, Ww, C)`, windows in row-major order, batch-major.
 
     Example:
+        >>> import torch
         >>> x = torch.randn(2, 8, 12, 3)
         >>> window_partition(x, 4).shape
         torch.Size([12, 4, 4, 3])
@@ -138,6 +139,7 @@ def window_attention(
         BackendUnavailableError: if the backend asked for cannot run the call.
 
     Example:
+        >>> import torch
         >>> qkv = torch.randn(2, 10, 13, 3 * 32)
         >>> window_attention(qkv, num_heads=4, window_size=4, shift_size=2).shape
         torch.Size([2, 10, 13, 32])
