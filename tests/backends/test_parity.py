@@ -33,6 +33,7 @@ CASES = {
     "shifted-table-padded": (Problem(2, 9, 6, 2, 3, (4, 4), (2, 2)), "table"),
     "shifted-dense-7x7": (Problem(1, 10, 9, 1, 5, (7, 7), (3, 3)), "dense"),
     "shifted-one-axis-rect": (Problem(1, 7, 11, 2, 4, (4, 7), (2, 0)), "table"),
+    "shifted-one-head-batch": (Problem(2, 1, 2, 1, 1, (2, 1), (1, 0)), None),
 }
 
 
