@@ -27,7 +27,7 @@ def _probe_reasons(device: str) -> dict[str, list[str]]:
     float32 call on `device` (empty list: it runs and auto may pick it)."""
     import torch
 
-    from winattn.backends import _REGISTRY, AttentionCall, _reasons
+    from winattn.backends import AttentionCall, explain
 
     probe = AttentionCall.build(
         torch.zeros(1, 8, 8, 3 * 16, device=device),  # (B, H, W, 3C)
@@ -40,12 +40,7 @@ def _probe_reasons(device: str) -> dict[str, list[str]]:
         pad_qkv=None,
         dropout_p=0.0,
     )
-    out = {}
-    for name, backend in _REGISTRY.items():
-        reasons = _reasons(backend, probe)
-        unverified = [f"not picked by auto: {r}" for r in backend.unverified_reasons(probe)]
-        out[name] = reasons or unverified
-    return out
+    return explain(probe)
 
 
 def info() -> str:

@@ -195,10 +195,10 @@ def _torchvision_case(shape: Shape, module: Any, x: Tensor) -> Case | Skipped:
         from torchvision.models.swin_transformer import shifted_window_attention
     except ImportError as err:
         return Skipped("torchvision", f"torchvision is not installed ({err})")
-    from winattn.functional import relative_position_index
+    from winattn.geometry import dense_bias, relative_position_index
 
-    n = shape.window * shape.window
-    index = relative_position_index(shape.window, x.device).reshape(-1)  # (N*N,)
+    window = (shape.window, shape.window)
+    index = relative_position_index(window, x.device)  # (N, N)
     weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     holder = torch.nn.Module()
     for k, v in weights.items():
@@ -207,7 +207,7 @@ def _torchvision_case(shape: Shape, module: Any, x: Tensor) -> Case | Skipped:
     def fn(inp: Tensor) -> Tensor:
         # As torchvision's ShiftedWindowAttention.forward: the bias is rebuilt on every call.
         table = holder.relative_position_bias_table
-        bias = table[index].view(n, n, -1).permute(2, 0, 1).contiguous()[None]  # (1, heads, N, N)
+        bias = dense_bias(table, window, index).contiguous()[None]  # (1, heads, N, N)
         return shifted_window_attention(
             inp,
             holder.qkv_weight,

@@ -8,13 +8,16 @@ Modules own parameters, projections and layout; all attention math goes through
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from winattn._utils import to_pair
-from winattn.functional import _check_map, _check_shift, relative_position_index, window_attention
+from winattn._utils import positive_int, to_pair
+from winattn.backends import check_backend_name
+from winattn.functional import window_attention
+from winattn.geometry import check_map, check_shift, relative_position_index
 
 __all__ = [
     "WindowAttention",
@@ -27,38 +30,52 @@ __all__ = [
 ]
 
 
-def _check_dim_heads(dim: int, num_heads: int) -> None:
-    for name, value in (("dim", dim), ("num_heads", num_heads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {name}={value!r}.")
+def _check_dim_heads(dim: int, num_heads: int) -> tuple[int, int]:
+    dim, num_heads = positive_int(dim, "dim"), positive_int(num_heads, "num_heads")
     if dim % num_heads:
         raise ValueError(
             f"dim must be divisible by num_heads, got {dim=}, {num_heads=}; pick num_heads "
             f"among the divisors of {dim}."
         )
+    return dim, num_heads
 
 
-def _check_channels_last(x: Tensor, dim: int) -> None:
-    _check_map(x, "x")
+def _check_channels_last(x: Tensor, dim: int, weight: Tensor) -> None:
+    check_map(x, "x")
     if x.shape[-1] != dim:
         raise ValueError(
             f"x has {x.shape[-1]} channels but this module was built with {dim=}; "
             f"x must be (B, H, W, {dim}) (for NCHW input, permute(0, 2, 3, 1) first)."
         )
+    _check_like(x, weight)
+
+
+def _check_like(x: Tensor, weight: Tensor) -> None:
+    """Checks that `x` has the dtype and device of the module's parameters (autocast casts
+    itself, so any dtype passes inside an autocast region)."""
+    if x.device != weight.device:
+        raise ValueError(
+            f"x is on {x.device} but the module's parameters are on {weight.device}; move one "
+            f"to the other (x.to({str(weight.device)!r}) or module.to({str(x.device)!r}))."
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"x.dtype={x.dtype} but the module's parameters are {weight.dtype}; convert one to "
+            f"the other (x.to({weight.dtype}) or module.to({x.dtype})), or run under "
+            f"torch.autocast."
+        )
 
 
 def _check_backend(backend: str | None) -> None:
     if backend is not None:
-        from winattn.backends import _check_name
-
-        _check_name(backend, "backend=")
+        check_backend_name(backend, "backend=")
 
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside (shifted) windows of a channels-last map.
 
     Pads the map at the bottom and right to a multiple of the window, applies the cyclic shift
-    and Swin's mask (value -100; padding tokens are not masked, as in the official STF code),
+    and Swin's mask (value `MASK_VALUE`, -100; padding tokens are not masked, as in the official STF code),
     attends inside every window with a learned relative position bias, reverses the shift and
     crops back. Any `H, W >= 1` works.
 
@@ -105,10 +122,10 @@ class WindowAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_dim_heads(dim, num_heads)
+        dim, num_heads = _check_dim_heads(dim, num_heads)
         self.window_size = to_pair(window_size, "window_size")
         self.shift_size = to_pair(shift_size, "shift_size", allow_zero=True)
-        _check_shift(self.window_size, self.shift_size)
+        check_shift(self.window_size, self.shift_size)
         for name, p in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {name}={p!r}.")
@@ -152,7 +169,8 @@ class WindowAttention(nn.Module):
         Returns:
             `(B, H, W, C)`.
         """
-        _check_channels_last(x, self.dim)
+        _check_channels_last(x, self.dim, self.qkv.weight)
+        _check_backend(backend)
         out = window_attention(
             self.qkv(x),  # (B, H, W, 3C)
             self.num_heads,
@@ -162,7 +180,7 @@ class WindowAttention(nn.Module):
             scale=self.scale,
             pad_qkv=self.qkv.bias,
             dropout_p=self.attn_drop if self.training else 0.0,
-            backend=backend or self.backend,
+            backend=backend if backend is not None else self.backend,
         )  # (B, H, W, C)
         return self.proj_drop(self.proj(out))
 
@@ -338,8 +356,12 @@ class SwinBlock(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio=}.")
+        if not (isinstance(mlp_ratio, (int, float)) and math.isfinite(mlp_ratio) and mlp_ratio > 0):
+            raise ValueError(
+                f"mlp_ratio must be positive, got {mlp_ratio=}; pass a finite number (Swin "
+                f"uses 4.0)."
+            )
+        dim = positive_int(dim, "dim")
         factory = {"device": device, "dtype": dtype}
         self.dim = dim
         self.norm1 = norm_layer(dim, **factory)
@@ -366,7 +388,7 @@ class SwinBlock(nn.Module):
         Returns:
             `(B, H, W, C)`.
         """
-        _check_channels_last(x, self.dim)
+        _check_channels_last(x, self.dim, self.attn.qkv.weight)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -462,7 +484,7 @@ class WindowAttentionBlock(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_dim_heads(dim, num_heads)
+        dim, num_heads = _check_dim_heads(dim, num_heads)
         if dim < 2 or dim % 2:
             raise ValueError(f"dim must be even (the residual units halve it), got {dim=}.")
         factory = {"device": device, "dtype": dtype}
@@ -514,7 +536,8 @@ class WindowAttentionBlock(nn.Module):
                 f"x must be NCHW (B, {self.dim}, H, W)."
             )
         # The attention checks dtype and size too, but only after conv_a would have failed.
-        _check_map(x.permute(0, 2, 3, 1), "x")  # (B, H, W, C)
+        check_map(x.permute(0, 2, 3, 1), "x")  # (B, H, W, C)
+        _check_like(x, self.attn.qkv.weight)
 
     def extra_repr(self) -> str:
         a = self.attn

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from winattn.backends import AttentionCall, Backend, register_backend
-from winattn.functional import geometry_mask
+from winattn.backends.dispatcher import AttentionCall, Backend
+from winattn.geometry import cached_mask
 
 
 def pad_map(qkv: Tensor, padded: tuple[int, int], pad_qkv: Tensor | None) -> Tensor:
@@ -64,7 +64,7 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
     if bias is not None:
         logits = logits + bias  # bias: (heads, N, N)
     if call.shifted:
-        mask = geometry_mask((hp, wp), (wh, ww), (sh, sw), qkv.device)  # (nW, N, N)
+        mask = cached_mask((hp, wp), (wh, ww), (sh, sw), qkv.device)  # (nW, N, N)
         logits = rearrange(logits, "(b nw) heads n m -> b nw heads n m", b=b)
         logits = logits + mask[None, :, None].to(logits.dtype)
         logits = rearrange(logits, "b nw heads n m -> (b nw) heads n m")
@@ -87,7 +87,6 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
     return out[:, :h, :w]
 
 
-@register_backend
 class ReferenceBackend(Backend):
     """Plain PyTorch. Runs everything, on every device; slow but obviously right."""
 

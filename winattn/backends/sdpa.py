@@ -11,7 +11,11 @@ How the work is laid out matters more than the arithmetic (measured with
 * On CUDA, q, k and v reach SDPA as 4-D `(windows, heads, N, d)` strided views of the
   gathered qkv, with a 4-D mask. On the CPU the attention itself is matmul, softmax, matmul
   (`_attention_matmul`): as fast as CPU SDPA's fused kernel at these window sizes, and the
-  same arithmetic whether or not autograd is recording.
+  same arithmetic whether or not autograd is recording. There the gathers move rows of
+  `head_dim` values, straight into contiguous q, k, v `(windows, heads, N, d)` and straight
+  back from the `(windows, heads, N, d)` output, so no further copy rearranges the heads
+  (about 5% of the module's forward at the codec shapes), and a mask per window is broadcast
+  over the images rather than copied for each.
 * With a shift, only the windows of the last window row and column see wrapped bands, and
   all windows of each of the (at most) four kinds (inside, last column, last row, corner)
   share one mask. When the full `(nW, heads, N, N)` mask would be large, the windows are
@@ -25,15 +29,15 @@ How the work is laid out matters more than the arithmetic (measured with
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from winattn.backends import AttentionCall, Backend, register_backend
-from winattn.functional import geometry_mask
+from winattn._utils import compile_safe_cache
+from winattn.backends.dispatcher import AttentionCall, Backend
+from winattn.geometry import cached_mask, padded_size
 
 #: Eager inference gathers the qkv of at most this many bytes of images at a time (at
 #: least one image).
@@ -60,6 +64,11 @@ class Layout:
         groups: per group, `(windows per image, a window of the group)`; every window of a
             group has the same shift mask as that one.
         grouped: whether windows are grouped by shift mask (else one group, in order).
+        gather_heads: on the CPU, `(3 * b * nW * heads * N,)`: for each `(q/k/v, slot's
+            window, head, slot's token)`, in that order, the row of the maps' qkv viewed as
+            `(b * H * W * 3 * heads, head_dim)`; None elsewhere.
+        scatter_heads: on the CPU, `(b * H * W * heads,)`: for each row of the maps and head,
+            the row of the attention output viewed as `(b * nW * heads * N, head_dim)`.
     """
 
     gather: Tensor
@@ -67,13 +76,15 @@ class Layout:
     pad_slots: Tensor
     groups: tuple[tuple[int, int], ...]
     grouped: bool
+    gather_heads: Tensor | None = None
+    scatter_heads: Tensor | None = None
 
 
 def _layout(
     b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
-    device: torch.device | None,
+    device: torch.device | None, heads: int = 1,
 ) -> Layout:
-    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+    hp, wp = padded_size((h, w), (wh, ww))
     nwh, nww = hp // wh, wp // ww
     # Token of the original map held by each position of the shifted, padded map.
     src_r = (torch.arange(hp, device=device) + sh) % hp  # (Hp,) row that lands at row r
@@ -106,23 +117,29 @@ def _layout(
         first += count
     key = torch.cat(keys)  # (b*nW*N,)
     by_key = torch.argsort(key, stable=True)  # real tokens in map order, then padding slots
+    gather, scatter = torch.where(key == b * h * w, 0, key), by_key[: b * h * w]
+    gather_heads = scatter_heads = None
+    if torch.device(device or "cpu").type == "cpu":
+        n = wh * ww
+        head = torch.arange(heads, device=device)
+        three = torch.arange(3, device=device)[:, None, None, None]
+        token = gather.view(1, -1, 1, n)  # (1, b*nW, 1, N), rows of the maps
+        gather_heads = ((token * 3 + three) * heads + head[:, None]).reshape(-1)  # (3, b*nW, heads, N)
+        scatter_heads = ((scatter // n)[:, None] * heads + head) * n + (scatter % n)[:, None]  # (b*H*W, heads)
+        if max(b * h * w * 3 * heads, gather.numel() * heads) < 2**31:
+            gather_heads, scatter_heads = gather_heads.int(), scatter_heads.int()
     return Layout(
-        gather=torch.where(key == b * h * w, 0, key),
-        scatter=by_key[: b * h * w],
+        gather=gather,
+        scatter=scatter,
         pad_slots=by_key[b * h * w :],
         groups=tuple(groups),
         grouped=grouped,
+        gather_heads=gather_heads,
+        scatter_heads=scatter_heads.reshape(-1) if scatter_heads is not None else None,
     )
 
 
-@functools.lru_cache(maxsize=128)
-def _layout_cached(
-    b: int, h: int, w: int, wh: int, ww: int, sh: int, sw: int, grouped: bool,
-    device: torch.device,
-) -> Layout:
-    # A cached tensor outlives the call: never an inference tensor (autograd could not save it).
-    with torch.inference_mode(False):
-        return _layout(b, h, w, wh, ww, sh, sw, grouped, device)
+_layout_cached = compile_safe_cache(maxsize=128)(_layout)
 
 
 def layout(call: AttentionCall, batch: int) -> Layout:
@@ -131,10 +148,9 @@ def layout(call: AttentionCall, batch: int) -> Layout:
     nw = (call.padded[0] // wh) * (call.padded[1] // ww)
     full_mask_bytes = nw * heads * (wh * ww) ** 2 * call.qkv.element_size()
     grouped = call.shifted and full_mask_bytes > FULL_MASK_MAX_BYTES
-    args = (batch, *call.size, wh, ww, *call.shift_size, grouped, call.qkv.device)
-    if torch.compiler.is_compiling():
-        return _layout(*args)
-    return _layout_cached(*args)
+    return _layout_cached(
+        batch, *call.size, wh, ww, *call.shift_size, grouped, call.qkv.device, heads
+    )
 
 
 # Inference reuses the masks built from a bias table while the table keeps its values: an
@@ -172,7 +188,7 @@ def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
     bias = None if bias is None else bias.contiguous()[None]  # (1, heads, N, N)
     if not call.shifted:
         return [bias]
-    shift = geometry_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
+    shift = cached_mask(call.padded, call.window_size, call.shift_size, call.qkv.device)
     shift = shift.to(call.qkv.dtype)[:, None]  # (nW, 1, N, N)
     if lay.grouped:
         shift = shift[[window for _, window in lay.groups]]  # (G, 1, N, N)
@@ -180,9 +196,14 @@ def group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
     return [masks[g : g + 1] for g in range(len(lay.groups))] if lay.grouped else [masks]
 
 
-def _attention_matmul(part: Tensor, mask: Tensor | None, call: AttentionCall) -> Tensor:
-    """Attention as matmul, softmax, matmul: `(windows, N, 3, heads, d)` ->
+def _attention_matmul(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, call: AttentionCall, images: int
+) -> Tensor:
+    """Attention as matmul, softmax, matmul: q, k, v `(windows, heads, N, d)` ->
     `(windows, heads, N, d)`. Used on the CPU, in training and inference alike.
+
+    A mask of one window (`(1, heads or 1, N, N)`) is broadcast over the windows; a mask per
+    window of one image (`(nW, heads or 1, N, N)`) is broadcast over the `images`.
 
     On the CPU, PyTorch's SDPA picks a different kernel depending on whether the bias needs a
     gradient (the fused flash kernel without, the math path with), so its results would
@@ -191,14 +212,49 @@ def _attention_matmul(part: Tensor, mask: Tensor | None, call: AttentionCall) ->
     `benchmarks/attention.py` on 2 cores, this path is as fast as the flash kernel for windows
     of 16 to 64 tokens, and faster than the math path in training.
     """
-    q, k, v = part.permute(2, 0, 3, 1, 4).contiguous().unbind(0)  # each (windows, heads, N, d)
     logits = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
-    logits = logits * call.scale if mask is None else torch.add(mask, logits, alpha=call.scale)
+    if mask is None:
+        logits = logits * call.scale
+    elif mask.shape[0] > 1 and images > 1:  # a mask per window, the same for every image
+        per_image = logits.view(images, -1, *logits.shape[1:])  # (images, nW, heads, N, N)
+        logits = torch.add(mask, per_image, alpha=call.scale).reshape(logits.shape)
+    else:
+        logits = torch.add(mask, logits, alpha=call.scale)
     weights = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
     weights = weights.to(v.dtype)
     if call.dropout_p > 0:
         weights = F.dropout(weights, p=call.dropout_p, training=True)
     return weights @ v  # (windows, heads, N, d)
+
+
+def _attend_cpu(
+    flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
+    out: Tensor | None = None,
+) -> Tensor:
+    """`_attend` on the CPU: one gather straight into q, k, v `(3, windows, heads, N, d)` and
+    one gather straight back from `(windows, heads, N, d)`, rows of `head_dim` values, so
+    that no copy rearranges the heads."""
+    b, hw, _ = flat.shape
+    heads, d = call.num_heads, call.head_dim
+    n = call.window_size[0] * call.window_size[1]
+    windows = lay.gather.numel() // n
+    rows = flat.reshape(-1, d)  # (b*H*W*3*heads, d)
+    qkv = rows.index_select(0, lay.gather_heads).view(3, windows, heads, n, d)
+    if lay.pad_slots.numel():
+        pad = flat.new_zeros(3 * heads * d) if call.pad_qkv is None else call.pad_qkv.to(flat.dtype)
+        slots = lay.pad_slots
+        qkv[:, slots // n, :, slots % n] = pad.view(3, heads, d)  # (P, 3, heads, d): padding tokens
+    q, k, v = qkv.unbind(0)  # each (windows, heads, N, d)
+    outs, first = [], 0
+    for (count, _), mask in zip(lay.groups, masks):
+        group = slice(first, first + b * count)
+        outs.append(_attention_matmul(q[group], k[group], v[group], mask, call, b))
+        first += b * count
+    res = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(-1, d)  # (windows*heads*N, d)
+    if out is None:
+        return res.index_select(0, lay.scatter_heads).view(b * hw, heads * d)  # (b*H*W, C)
+    torch.index_select(res, 0, lay.scatter_heads, out=out.view(-1, d))
+    return out  # (b*H*W, C)
 
 
 def _attend(
@@ -207,6 +263,8 @@ def _attend(
 ) -> Tensor:
     """`(b, H * W, 3C)` qkv -> `(b * H * W, C)` attention output in map order (written into
     `out` when given: inference only)."""
+    if lay.gather_heads is not None:
+        return _attend_cpu(flat, call, lay, masks, out)
     b, hw, c3 = flat.shape
     heads, d = call.num_heads, call.head_dim
     n = call.window_size[0] * call.window_size[1]
@@ -220,13 +278,10 @@ def _attend(
         part = windows[first : first + rows].view(b * count, n, 3, heads, d)
         if mask is not None and mask.shape[0] > 1 and b > 1:  # a mask per window
             mask = mask.expand(b, *mask.shape).reshape(b * count, *mask.shape[1:])
-        if flat.device.type == "cpu":
-            res = _attention_matmul(part, mask, call)  # (b*count, heads, N, d)
-        else:
-            q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
-            res = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
-            )  # (b*count, heads, N, d)
+        q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (b*count, heads, N, d), strided
+        res = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=call.dropout_p, scale=call.scale
+        )  # (b*count, heads, N, d)
         outs.append(res.transpose(1, 2).reshape(rows, heads * d))  # (b*count*N, C)
         first += rows
     windowed = outs[0] if len(outs) == 1 else torch.cat(outs)  # (b*nW*N, C)
@@ -260,7 +315,6 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     return out.view(b, h, w, c)  # (B, H, W, C)
 
 
-@register_backend
 class SdpaBackend(Backend):
     """`scaled_dot_product_attention` with an additive float mask; every device, every dtype."""
 

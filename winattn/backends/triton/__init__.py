@@ -23,7 +23,7 @@ import sys
 import torch
 from torch import Tensor
 
-from winattn.backends import AttentionCall, Backend, register_backend
+from winattn.backends.dispatcher import AttentionCall, Backend, register_backend
 
 #: Largest window (tokens) and head dim that the kernels handle.
 MAX_TOKENS = 256

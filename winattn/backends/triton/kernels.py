@@ -459,7 +459,7 @@ def _table_gather(window: tuple[int, int], device: torch.device) -> Tensor:
     # (T, N) flat indices into a (N*N + 1,) vector: the (query, key) pairs of every table row,
     # padded with the index of a trailing zero. Summing the gathered rows reduces the dense
     # bias gradient to the table in a fixed order.
-    from winattn.functional import relative_position_index
+    from winattn.geometry import relative_position_index
 
     wh, ww = window
     n = wh * ww

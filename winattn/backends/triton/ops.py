@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from winattn.backends import AttentionCall
+from winattn.backends.dispatcher import AttentionCall
 from winattn.backends.triton import kernels
 
 _EMPTY = (0,)

@@ -3,7 +3,7 @@
 window-attention blocks).
 
 The official code is not part of this repository. The state-dict layout comes from
-`tests/data/wacnn_window_attention_blocks.tsv`: the lines of those four blocks in the layout of
+`tests/modules/data/wacnn_window_attention_blocks.tsv`: the lines of those four blocks in the layout of
 an official WACNN state dict (name, shape, dtype, param/buffer; the project's
 `shared/reference/cnn_official_state_dict.tsv`). The attention's outputs are checked against timm's Swin, which
 computes what the official `WinBasedAttention` computes on maps that are multiples of the

@@ -4,9 +4,11 @@ variable, per-module and per-call overrides, automatic choice and its errors."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 
 import winattn
 from winattn import backends
-from winattn.backends import AttentionCall, Backend, BackendUnavailableError
+from winattn.backends import AttentionCall, Backend, BackendUnavailableError, dispatcher
 from winattn.backends.reference import ReferenceBackend
 from winattn.backends.sdpa import SdpaBackend
 
@@ -25,8 +27,8 @@ QKV = torch.randn(1, 6, 5, 3 * 8)
 def clean_selection(monkeypatch):
     """Every test starts from "no choice made" and leaves the global state as it found it."""
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    monkeypatch.setattr(backends, "_global", None)
-    monkeypatch.setattr(backends, "_stack", [])
+    monkeypatch.setattr(dispatcher, "_global", None)
+    monkeypatch.setattr(dispatcher, "_overrides", contextvars.ContextVar("overrides", default=()))
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ class _Unverified(Backend):
 @pytest.fixture
 def fake_backends(monkeypatch):
     """Registers `_Picky` and `_Unverified`, and puts them first in the CPU auto order."""
-    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(dispatcher, "_REGISTRY", dict(dispatcher._REGISTRY))
     backends.register_backend(_Picky)
     backends.register_backend(_Unverified)
     monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("picky", "unverified", "sdpa", "reference"))
@@ -172,6 +174,55 @@ def test_use_backend_overrides_the_environment_variable(monkeypatch):
         assert winattn.get_backend() == "reference"
 
 
+def test_use_backend_holds_for_its_own_thread_only():
+    barrier = threading.Barrier(2)
+    seen: dict[str, list[str]] = {"reference": [], "sdpa": []}
+
+    def worker(name: str) -> None:
+        with winattn.use_backend(name):
+            for _ in range(50):
+                barrier.wait()  # both threads are inside their blocks at once
+                seen[name].append(winattn.get_backend())
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in seen]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"reference": ["reference"] * 50, "sdpa": ["sdpa"] * 50}
+    assert winattn.get_backend() == "auto"
+
+
+def test_use_backend_in_interleaved_generators_keeps_each_generators_choice():
+    def generator(name: str):
+        with winattn.use_backend(name):
+            for _ in range(3):
+                yield winattn.get_backend()
+
+    # Each generator driven in a context of its own, as asyncio does for tasks.
+    runs = {name: (contextvars.copy_context(), generator(name)) for name in ("reference", "sdpa")}
+    seen: dict[str, list[str]] = {name: [] for name in runs}
+    for _ in range(3):
+        for name, (context, gen) in runs.items():
+            seen[name].append(context.run(next, gen))
+    assert seen == {"reference": ["reference"] * 3, "sdpa": ["sdpa"] * 3}
+    assert winattn.get_backend() == "auto"
+
+
+def test_leaving_a_use_backend_block_out_of_order_removes_only_its_own_choice():
+    def generator(name: str):
+        with winattn.use_backend(name):
+            yield
+
+    outer, inner = generator("reference"), generator("sdpa")
+    next(outer)
+    next(inner)
+    outer.close()  # leaves the outer block while the inner one is still open
+    assert winattn.get_backend() == "sdpa"
+    inner.close()
+    assert winattn.get_backend() == "auto"
+
+
 # --- overrides on modules and calls ---------------------------------------------------------
 
 
@@ -218,6 +269,15 @@ def test_forward_rejects_unknown_backend():
     module = winattn.WindowAttention(8, 2, 4, 2)
     with pytest.raises(ValueError, match=r"unknown backend 'nope'"):
         module(torch.randn(1, 5, 5, 8), backend="nope")
+
+
+@pytest.mark.parametrize("where", ["construction", "forward"])
+def test_module_refuses_an_empty_backend_name(where):
+    with pytest.raises(ValueError, match=r"unknown backend '' \(backend=\)"):
+        if where == "construction":
+            winattn.WindowAttention(8, 2, 4, 2, backend="")
+        else:
+            winattn.WindowAttention(8, 2, 4, 2)(torch.randn(1, 5, 5, 8), backend="")
 
 
 # --- automatic choice and errors ------------------------------------------------------------
@@ -285,7 +345,7 @@ def test_available_backends_leaves_out_backends_with_missing_software(monkeypatc
         def missing_software(self) -> list[str]:
             return ["the 'absent' package is not installed"]
 
-    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    monkeypatch.setattr(dispatcher, "_REGISTRY", dict(dispatcher._REGISTRY))
     backends.register_backend(Absent)
     assert "absent" not in winattn.available_backends()
     assert backends.backend_reasons()["absent"] == ["the 'absent' package is not installed"]
@@ -299,4 +359,16 @@ def test_import_winattn_does_not_import_optional_packages():
         "loaded = sorted(m for m in ('timm', 'compressai', 'triton') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_explain_gives_every_backends_reasons_and_the_ones_auto_passes_over(fake_backends):
+    call = AttentionCall.build(
+        QKV, num_heads=2, window_size=4, shift_size=2, bias_table=None, bias=None, scale=None,
+        pad_qkv=None, dropout_p=0.0,
+    )
+    reasons = backends.explain(call)
+    assert list(reasons)[:2] == ["reference", "sdpa"]
+    assert reasons["reference"] == reasons["sdpa"] == []
+    assert reasons["picky"] == ["needs a GPU", "head_dim=4 is not a multiple of 16"]
+    assert reasons["unverified"] == ["not picked by auto: not verified on cpu"]
