@@ -4,10 +4,12 @@
     python -m examples.ablation train    --out examples/ablation/results/RUN [options]
     python -m examples.ablation evaluate --out examples/ablation/results/RUN
     python -m examples.ablation run      --out examples/ablation/results/RUN [options]
+    python -m examples.ablation export   --out examples/ablation/results/RUN --name NAME
 
 `train` trains every (λ, unpatched/patched) model in lockstep and resumes an interrupted run of
 the same config; `evaluate` compresses the held-out photographs with every trained model and
-with JPEG and WebP, and writes the JSON results, the BD-rate and the RD plot; `run` does both.
+with JPEG and WebP, and writes the JSON results, the BD-rate and the RD plot; `run` does both;
+`export` ships the patched models as `winattn.pretrained` weights with their model card.
 A folder that holds another config, or finished results, is only overwritten with `--force`.
 """
 
@@ -27,12 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     defaults = TrainConfig()
-    for name in ("train", "evaluate", "run"):
+    for name in ("train", "evaluate", "run", "export"):
         s = sub.add_parser(name)
         s.add_argument("--out", type=Path, required=True, help="folder of the run")
         s.add_argument("--force", action="store_true", help="start over / overwrite results")
         s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-        if name == "evaluate":
+        if name == "export":
+            s.add_argument("--name", required=True, help="name of the shipped model")
+            s.add_argument("--dest", type=Path, default=None, help="default: winattn/pretrained")
+        if name in ("evaluate", "export"):
             continue
         s.add_argument("--arch", default=defaults.arch, help="CompressAI zoo architecture")
         s.add_argument("-N", type=int, default=defaults.N, help="channels of the transforms")
@@ -97,7 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             from examples.ablation.evaluate import evaluate_run
 
             evaluate_run(args.out, force=args.force)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        if args.command == "export":
+            from examples.ablation.export import export_run
+
+            card = export_run(args.out, args.name, dest=args.dest, force=args.force)
+            for q, e in card["qualities"].items():
+                print(f"{args.name} quality {q}: {e['heldout_mean']}")
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
