@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="stop training (every model at the same step) after this long; resumable",
         )
+        s.add_argument("--stop-at", type=int, default=None, help="stop at this step (resumable)")
         s.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.force and args.out.exists():
                 shutil.rmtree(args.out)
             summary = train_models(
-                config, args.out, max_minutes=args.max_minutes, progress=not args.no_progress
+                config,
+                args.out,
+                max_minutes=args.max_minutes,
+                stop_at=args.stop_at,
+                progress=not args.no_progress,
             )
             print(f"trained {summary['steps']}/{config.steps} steps -> {args.out}")
             if not summary["finished"]:

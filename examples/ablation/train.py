@@ -140,6 +140,7 @@ def train_models(
     run_dir: Path,
     *,
     max_minutes: float | None = None,
+    stop_at: int | None = None,
     save_every: int = 100,
     progress: bool = True,
 ) -> dict:
@@ -151,6 +152,7 @@ def train_models(
             and `weights/<name>.pt` the final model weights.
         max_minutes: stop (every model at the same step) once this much time has passed in this
             call; None trains to `config.steps`.
+        stop_at: stop (resumable) once every model has taken this many steps.
         save_every: steps between saves of the resumable state.
         progress: show a tqdm bar.
 
@@ -196,6 +198,8 @@ def train_models(
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", mininterval=5)
     while step < config.steps:
         if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
+            break
+        if stop_at is not None and step >= stop_at:
             break
         x = next(crops)  # (batch, 3, crop, crop): the same batch for every model
         lr = _lr_at(config, step)
