@@ -31,8 +31,8 @@ from examples.ablation.data import EVAL_IMAGES, load_images
 from examples.ablation.train import VARIANTS, TrainConfig, build_model
 from winattn.pretrained import compress_image, psnr
 
-JPEG_QUALITIES = (5, 10, 20, 30, 50, 70, 90)
-WEBP_QUALITIES = (5, 10, 20, 40, 60, 80, 95)
+JPEG_QUALITIES = (1, 3, 5, 10, 20, 30, 50, 70, 90)
+WEBP_QUALITIES = (0, 2, 5, 10, 20, 40, 60, 80, 95)
 
 
 def to_8bit(x: Tensor) -> Tensor:

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model is None:
             raise ValueError("no shipped model is installed with this copy of winattn.")
-        model = pretrained.load(args.model, args.quality)
         array = read_image(args.source)
+        model = pretrained.load(args.model, args.quality)
     except (ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
