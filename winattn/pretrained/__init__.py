@@ -108,7 +108,7 @@ def load_folder(
             "pip install 'winattn[compressai]'"
         ) from err
 
-    from winattn.patch import patch_model
+    from winattn import patch_model
 
     arch = info["architecture"]
     model = type(image_models[arch["zoo_name"]](quality=1))(N=arch["N"], M=arch["M"])
