@@ -318,7 +318,7 @@ def evaluate_run(
     }  # fmt: skip
     summary_path.write_text(json.dumps(result, indent=2) + "\n")
     title = (
-        f"{arch}, {steps} steps, λ={list(config.lmbdas)}; held-out: {', '.join(images)}; "
+        f"{arch}, {steps} steps, λ={list(config.lmbdas)}; held-out: {', '.join(images)}\n"
         f"BD-rate patched vs unpatched (PSNR): {_fmt(bd['patched vs unpatched']['psnr'])}"
     )
     plot_rd(curves, run_dir / "rd.png", title)
