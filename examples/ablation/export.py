@@ -120,6 +120,7 @@ def model_card_markdown(card: dict) -> str:
         "",
         "```python",
         "from winattn import pretrained",
+        "",
         f'model = pretrained.load("{card["name"]}", quality=1)  # 1 (lowest rate) .. '
         f"{len(card['qualities'])}",
         "```",
