@@ -32,6 +32,16 @@ __all__ = ["find_hosts", "foreign_attention", "plan_swap"]
 
 #: Class or child names that say "attention" (or a transformer built on it).
 _ATTENTION_NAME = re.compile(r"attn|attention|msa|transformer|swin", re.IGNORECASE)
+#: Names of the children that project queries, keys and values (any one set of them).
+_QKV_NAMES = (
+    {"queries", "keys", "values"},
+    {"query", "key", "value"},
+    {"q", "k", "v"},
+    {"to_q", "to_k", "to_v"},
+    {"qkv"},
+    {"qkv_proj"},
+    {"to_qkv"},
+)
 
 
 def _host_of(m: nn.Module) -> Host | None:
@@ -91,8 +101,10 @@ def foreign_attention(model: nn.Module) -> list[str]:
     """Attention modules that no swap adapter and no replace covers, as `"path (Class)"`.
 
     A module counts as attention when it is an `nn.MultiheadAttention`, or its class name or
-    its name in the parent says so (attn, attention, msa, transformer, swin), or it holds a
-    relative position bias; unless it contains a host module (then the host is what counts).
+    its name in the parent says so (attn, attention, msa, transformer, swin), or it has
+    query/key/value projections (children `queries`/`keys`/`values`, `q`/`k`/`v`, `qkv`, ...) or
+    a softmax, or it holds a relative position bias; unless it contains a host module (then
+    the host is what counts).
     The model itself is never listed (a model class may be named after its attention).
     """
     found: list[str] = []
@@ -109,6 +121,8 @@ def foreign_attention(model: nn.Module) -> list[str]:
             or bool(_ATTENTION_NAME.search(type(m).__name__))
             or bool(_ATTENTION_NAME.search(key))
             or any("relative_position" in name for name, _ in m.named_parameters(recurse=False))
+            or any(isinstance(c, nn.Softmax) for c in m.children())
+            or any(names <= set(m._modules) for names in _QKV_NAMES)
         )
 
     def walk(path: str, parent: nn.Module) -> None:
