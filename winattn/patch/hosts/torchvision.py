@@ -49,6 +49,7 @@ class MapLevelAttention(WindowAttention):
         x: `(B, H, W, C)` -> `(B, H, W, C)`.
 
     Example:
+        >>> import torch
         >>> attn = MapLevelAttention(dim=32, num_heads=4, window_size=7, shift_size=3)
         >>> attn(torch.randn(1, 5, 20, 32)).shape
         torch.Size([1, 5, 20, 32])
