@@ -35,7 +35,7 @@ from compressai.models.vbr import (  # noqa: E402
 
 from winattn import WindowAttentionBlock, patch_model  # noqa: E402
 from winattn.integrations.compressai import from_state_dict  # noqa: E402
-from winattn.patch import GatedWindowAttentionBlock  # noqa: E402
+from winattn.modules import GatedWindowAttentionBlock  # noqa: E402
 
 # name in CompressAI's registry -> tiny constructor
 ARCHS = {

@@ -11,7 +11,8 @@ from torch import nn
 
 from winattn import patch_model
 from winattn.functional import padded_size, shifted_window_mask, window_partition, window_reverse
-from winattn.integrations.swin import MapLevelAttention, WindowLevelAttention
+from winattn.patch.hosts import MapLevelAttention
+from winattn.patch.hosts.timm import SwappedTimmSwinBlock
 
 swin = pytest.importorskip("timm.models.swin_transformer")
 
@@ -48,7 +49,7 @@ def test_swapped_timm_swin_blocks_match_timm(size):
         expected = model(x)
         patch_model(model)
         actual = model(x)
-    assert isinstance(model[1].attn, WindowLevelAttention)
+    assert isinstance(model[1], SwappedTimmSwinBlock)
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
 
 
@@ -73,8 +74,8 @@ def test_swapped_timm_block_backward_matches_timm():
 def test_swap_report_names_timm_class():
     model = patch_model(_timm_blocks((14, 14)))
     entry = model.winattn_report.entries[0]
-    assert (entry.path, entry.action, entry.window_size) == ("0.attn", "swap", (7, 7))
-    assert "timm" in entry.note
+    assert (entry.path, entry.action, entry.level, entry.window_size) == ("0", "swap", "block", (7, 7))
+    assert entry.host == "timm.models.swin_transformer.SwinTransformerBlock"
 
 
 def test_swap_with_other_window_size_raises():

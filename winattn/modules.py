@@ -24,6 +24,7 @@ __all__ = [
     "ShiftedWindowAttention",
     "SwinBlock",
     "WindowAttentionBlock",
+    "GatedWindowAttentionBlock",
     "Mlp",
     "DropPath",
     "ResidualUnit",
@@ -186,7 +187,7 @@ class WindowAttention(nn.Module):
 
     def _shift_for(self, size: tuple[int, int]) -> tuple[int, int]:
         """The shift used on a map of `size` `(H, W)`: `shift_size`. A hook for subclasses that
-        adapt it to the map (torchvision's convention, `winattn.integrations.swin`)."""
+        adapt it to the map (torchvision's convention, `winattn.patch.hosts.torchvision`)."""
         return self.shift_size
 
     def _load_from_state_dict(
@@ -542,3 +543,60 @@ class WindowAttentionBlock(nn.Module):
     def extra_repr(self) -> str:
         a = self.attn
         return f"dim={self.dim}, num_heads={a.num_heads}, window_size={a.window_size}, shift_size={a.shift_size}"
+
+
+class GatedWindowAttentionBlock(WindowAttentionBlock):
+    """`WindowAttentionBlock` whose output branch is scaled by a learned per-channel gate.
+
+    `x + gate * conv_a(x) * sigmoid(conv_b(x))`. With the gate at zero the block is an exact
+    identity (`x + 0 == x` in floating point), so inserting it into a pretrained codec changes
+    nothing, bit for bit, until fine-tuning moves the gate; with the gate at one it is the
+    paper's block. The identity holds even where the branch overflows (a half-precision map
+    with very large values): a zero gate never multiplies an infinite or NaN branch value, and
+    its gradient stays finite. The state dict is that of `WindowAttentionBlock` plus `gate`.
+
+    Args:
+        dim: channels `C`.
+        num_heads: attention heads.
+        window_size: `Wh` or `(Wh, Ww)`.
+        shift_size: `sh` or `(sh, sw)`.
+        gate: initial value of the gate, 0.0 (identity) or 1.0 (the paper's block).
+        **kwargs: the other arguments of `WindowAttentionBlock`.
+
+    Shapes:
+        x: `(B, C, H, W)` -> `(B, C, H, W)`.
+
+    Example:
+        >>> block = GatedWindowAttentionBlock(32, num_heads=4, window_size=8, shift_size=4)
+        >>> x = torch.randn(1, 32, 12, 20)
+        >>> torch.equal(block(x), x)
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] = 0,
+        gate: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dim, num_heads, window_size, shift_size, **kwargs)
+        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        self.gate = nn.Parameter(torch.full((dim,), float(gate), **factory))  # (C,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: `(B, C, H, W)`.
+
+        Returns:
+            `(B, C, H, W)`.
+        """
+        self._check_input(x)
+        gate = self.gate.view(1, -1, 1, 1)  # (1, C, 1, 1)
+        branch = self.conv_a(x) * torch.sigmoid(self.conv_b(x))  # (B, C, H, W)
+        # 0 * inf is NaN: where the gate is closed, use a finite stand-in for the branch.
+        branch = torch.where(gate == 0, torch.nan_to_num(branch), branch)
+        return x + gate * branch
+

@@ -1,41 +1,35 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Swapping Swin-v1-style window attention (timm, torchvision, official STF) for winattn's.
+"""Swin-v1 window attention (`qkv`, `proj`, `relative_position_bias_table`), as timm, the
+official STF code and CompressAI build it: recognition, and the window-level fallback.
 
-A Swin-v1 window attention is recognised by its parameters: `qkv` and `proj` linear layers and a
-`relative_position_bias_table` (Swin-v2's `logit_scale`/`cpb_mlp` are not Swin-v1 and are left
-alone). Two calling conventions exist, and each gets its own drop-in module, a subclass of
-`winattn.WindowAttention` that reuses the original's `qkv`, `proj` and bias table (the same
-`Parameter` objects, so optimisers and state-dict keys are unaffected):
-
-* window level (timm's and STF's `WindowAttention`): the caller partitions, shifts and masks and
-  calls `attn(windows, mask)` with `windows: (B * nW, N, C)` and `mask: (nW, N, N)` or None.
-  `WindowLevelAttention` computes the same thing through `winattn.functional.window_attention`,
-  running each window as a one-window map; windows that share a mask pattern (a shifted map has
-  at most four) go through one call with the pattern added to the relative position bias.
-  The caller keeps its own padding and roll order (timm 1.0 rolls, then pads), so outputs match
-  for every input size.
-* map level (torchvision's `ShiftedWindowAttention`): `attn(x)` with `x: (B, H, W, C)`.
-  torchvision pads before the qkv projection (as winattn does), then turns the shift off on an
-  axis whose window covers the padded map; `MapLevelAttention` does the same, per call.
-
-Neither class imports timm or torchvision.
+The block-level adapters (`timm.py`, `stf.py`, `compressai.py`) read the attention's weights
+through `attention_parts`. Where the block around such an attention is of no known family, the
+attention alone is swapped for `WindowLevelAttention` (level `"window"`): the host block keeps
+its own roll, padding, partition and mask, and calls the swapped module on the windows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from winattn._utils import Pair, to_pair
-from winattn.functional import padded_size, relative_position_index, window_attention
-from winattn.modules import WindowAttention, WindowAttentionBlock
+from winattn.functional import relative_position_index, window_attention
+from winattn.modules import WindowAttention
+from winattn.patch.hosts.base import Swap, dropout_p
 
-__all__ = ["MapLevelAttention", "WindowLevelAttention", "find_swappable", "swap_module"]
+__all__ = [
+    "AttentionParts",
+    "SwinV1Attention",
+    "WindowLevelAttention",
+    "attention_from",
+    "attention_parts",
+    "is_swin_v1_attention",
+]
 
 
 def is_swin_v1_attention(m: nn.Module) -> bool:
@@ -50,21 +44,19 @@ def is_swin_v1_attention(m: nn.Module) -> bool:
         and table.dim() == 2
         and not hasattr(m, "logit_scale")
         and not hasattr(m, "cpb_mlp")
+        and not hasattr(m, "global_tokens")
     )
 
 
-def _is_map_level(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("torchvision") and hasattr(m, "shift_size")
+@dataclass(frozen=True)
+class AttentionParts:
+    """What a swapped block reads from a Swin-v1 attention."""
 
-
-def find_swappable(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, nn.Module]]:
-    """Yields `(parent_path, parent, key, module)` for every swappable module, in model order."""
-    for path, parent in model.named_modules():
-        if isinstance(parent, (WindowAttention, WindowAttentionBlock)):
-            continue
-        for key, child in parent.named_children():
-            if is_swin_v1_attention(child):
-                yield path, parent, key, child
+    dim: int
+    num_heads: int
+    window_size: Pair
+    scale: float
+    attn_drop: float
 
 
 def _window_of(m: nn.Module, path: str) -> Pair:
@@ -81,27 +73,12 @@ def _window_of(m: nn.Module, path: str) -> Pair:
     return (side, side)
 
 
-def _dropout_p(value: Any) -> float:
-    return float(value.p) if isinstance(value, nn.Dropout) else float(value or 0.0)
-
-
-def swap_module(
-    m: nn.Module, path: str, window_size: Pair | None = None, backend: str | None = None
-) -> WindowAttention:
-    """Builds the winattn module that replaces the Swin-v1 attention `m`, reusing its weights.
-
-    Args:
-        m: the module to replace (see `is_swin_v1_attention`).
-        path: its dotted path, for error messages.
-        window_size: the window asked for; must equal `m`'s (its weights fix it), or None.
-        backend: winattn backend of the new module.
-
-    Returns:
-        a `MapLevelAttention` (torchvision) or `WindowLevelAttention` (timm, STF, others).
+def attention_parts(m: nn.Module, path: str, window_size: Pair | None) -> AttentionParts:
+    """Reads and checks a Swin-v1 attention's geometry.
 
     Raises:
-        ValueError: `window_size` differs from `m`'s window, or `m`'s projections do not map
-            `dim -> dim` (timm's `head_dim` override).
+        ValueError: `window_size` differs from `m`'s (its weights fix it), or `m`'s projections
+            do not map `dim -> dim` (timm's `head_dim` override).
     """
     window = _window_of(m, path)
     if window_size is not None and tuple(window_size) != window:
@@ -117,38 +94,63 @@ def swap_module(
         )
     table = m.relative_position_bias_table
     num_heads = int(getattr(m, "num_heads", table.shape[1]))
-    map_level = _is_map_level(m)
-    cls = MapLevelAttention if map_level else WindowLevelAttention
-    shift = to_pair(tuple(m.shift_size), "shift_size", allow_zero=True) if map_level else (0, 0)
+    scale = float(getattr(m, "scale", (dim // num_heads) ** -0.5))
+    drop = dropout_p(getattr(m, "attention_dropout", getattr(m, "attn_drop", 0.0)))
+    return AttentionParts(dim, num_heads, window, scale, drop)
+
+
+def attention_from(
+    cls: type[WindowAttention], m: nn.Module, parts: AttentionParts, shift: Pair, backend: str | None
+) -> WindowAttention:
+    """A `cls` module with the Swin-v1 attention `m`'s projections and bias table (the same
+    objects), and a relative position index with `m`'s state-dict keys: STF and torchvision save
+    the index (persistent), timm does not."""
     new = cls(
-        dim,
-        num_heads,
-        window,
+        parts.dim,
+        parts.num_heads,
+        parts.window_size,
         shift,
         qkv_bias=m.qkv.bias is not None,
-        qk_scale=float(getattr(m, "scale", (dim // num_heads) ** -0.5)),
-        attn_drop=_dropout_p(getattr(m, "attention_dropout", getattr(m, "attn_drop", 0.0))),
+        qk_scale=parts.scale,
+        attn_drop=parts.attn_drop,
         backend=backend,
         device="meta",
     )
-    new.qkv = m.qkv
-    new.proj = m.proj
-    new.relative_position_bias_table = table
-    # Keep the host's state-dict keys: STF saves the index (persistent), timm does not.
-    persistent = "relative_position_index" in m.state_dict()
+    new.qkv, new.proj = m.qkv, m.proj
+    new.relative_position_bias_table = m.relative_position_bias_table
     new.register_buffer(
         "relative_position_index",
-        relative_position_index(window, device=table.device),
-        persistent=persistent,
+        relative_position_index(new.window_size, device=m.qkv.weight.device),
+        persistent="relative_position_index" in m.state_dict(),
     )  # (N, N)
-    dropout = getattr(m, "proj_drop", None)
-    new.proj_drop = dropout if isinstance(dropout, nn.Dropout) else nn.Dropout(_dropout_p(getattr(m, "dropout", 0.0)))
     new.train(m.training)
     return new
 
 
+class SwinV1Attention:
+    """Host family of last resort: a Swin-v1 attention inside a block of no known family."""
+
+    name = "Swin-v1 window attention"
+
+    def matches(self, m: nn.Module) -> bool:
+        return is_swin_v1_attention(m)
+
+    def build(
+        self, m: nn.Module, path: str, window_size: Pair | None, backend: str | None, shift: Pair = (0, 0)
+    ) -> Swap:
+        parts = attention_parts(m, path, window_size)
+        new = attention_from(WindowLevelAttention, m, parts, (0, 0), backend)
+        dropout = getattr(m, "proj_drop", None)
+        new.proj_drop = dropout if isinstance(dropout, nn.Dropout) else nn.Dropout(dropout_p(dropout))
+        return Swap(new, "window", parts.dim, parts.window_size, shift, "the host block still pads, rolls and masks")
+
+
 class WindowLevelAttention(WindowAttention):
     """Drop-in for a window-level Swin attention: `attn(windows, mask)`, as timm and STF call it.
+
+    Computes the same thing as the host's attention through `winattn.functional.window_attention`,
+    running each window as a one-window map; windows that share a mask pattern (a shifted map has
+    at most four) go through one call with the pattern added to the relative position bias.
 
     Args:
         *args: as `WindowAttention` (`shift_size` must be 0: the caller shifts).
@@ -227,24 +229,3 @@ class WindowLevelAttention(WindowAttention):
             order.append(sel)
         out = torch.cat(outs, dim=1)[:, torch.argsort(torch.cat(order))]  # (B, nW, Wh, Ww, C)
         return rearrange(out, "b nw wh ww c -> (b nw) wh ww c")  # (B*nW, Wh, Ww, C)
-
-
-class MapLevelAttention(WindowAttention):
-    """Drop-in for torchvision's `ShiftedWindowAttention`: shifted window attention on a map.
-
-    As torchvision does, the shift is turned off on an axis whose window covers the padded map;
-    otherwise this is `WindowAttention`.
-
-    Shapes:
-        x: `(B, H, W, C)` -> `(B, H, W, C)`.
-
-    Example:
-        >>> attn = MapLevelAttention(dim=32, num_heads=4, window_size=7, shift_size=3)
-        >>> attn(torch.randn(1, 5, 20, 32)).shape
-        torch.Size([1, 5, 20, 32])
-    """
-
-    def _shift_for(self, size: tuple[int, int]) -> tuple[int, int]:
-        hp, wp = padded_size(size, self.window_size)
-        (wh, ww), (sh, sw) = self.window_size, self.shift_size
-        return (0 if wh >= hp else sh, 0 if ww >= wp else sw)

@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`patch_model`: window attention for an existing codec, in one line.
+
+Three actions, each a rule on the model's structure (not a table of known models), each in its
+own file:
+
+* **swap** (`swap.py`, adapters in `hosts/`, one file per host family): window attention
+  already in the model (timm's and torchvision's Swin blocks, the official STF code, CompressAI's
+  `WMSA` and the blocks built on it, TCM's and DCAE's `WMSA`) is taken over by winattn. Where the
+  host block pads, rolls, partitions, attends, reverses, rolls back and crops, the whole block is
+  swapped and that path becomes one `window_attention` call (on CUDA, one fused kernel). The new
+  module adopts the host's parameters, so state-dict keys, weights and outputs stay the same.
+* **replace** (`replace.py`): CompressAI's `AttentionBlock` becomes a `WindowAttentionBlock` at
+  the same key.
+* **insert** (`insert.py`): `GatedWindowAttentionBlock`s are added to the analysis and synthesis
+  transforms of a CNN codec where the paper's WACNN has them (see `winattn.patch.insert`).
+
+Every call is a transaction (`plan.py`): all new modules are built first, then set at once; an
+insert whose blocks the model's `forward` does not call, or that breaks it, is rolled back. A
+call that raises leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import nn
+
+from winattn._utils import to_pair
+from winattn.modules import GatedWindowAttentionBlock
+from winattn.patch.hosts import is_winattn
+from winattn.patch.insert import LATENT_NAME, STAGE_NAME, plan_insert, verify
+from winattn.patch.options import LATENT_WINDOW, STAGE_WINDOW, Options
+from winattn.patch.plan import Plan
+from winattn.patch.replace import is_attention_block, plan_replace
+from winattn.patch.report import PatchEntry, PatchReport
+from winattn.patch.swap import find_hosts, foreign_attention, plan_swap
+from winattn.patch.transforms import MIN_STAGES, find_transforms
+
+__all__ = [
+    "LATENT_NAME",
+    "LATENT_WINDOW",
+    "STAGE_NAME",
+    "STAGE_WINDOW",
+    "GatedWindowAttentionBlock",
+    "PatchEntry",
+    "PatchReport",
+    "patch_model",
+]
+
+Mode = Literal["auto", "insert", "replace", "swap"]
+Init = Literal["identity", "paper"]
+MODES: tuple[str, ...] = ("auto", "insert", "replace", "swap")
+INITS: tuple[str, ...] = ("identity", "paper")
+
+
+def _check_options(
+    model: Any, mode: Any, window_size: Any, num_heads: Any, init: Any, backend: Any
+) -> Options:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(
+            f"patch_model got a {type(model).__name__}-wrapped model: the new parameters would be "
+            f"unknown to the wrapper and its replicas would drift apart. Patch before wrapping: "
+            f"patch_model(model), then {type(model).__name__}(model, ...)."
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"patch_model expects a torch.nn.Module, got model={type(model).__name__} "
+            f"({model!r:.60}); pass the model instance, e.g. patch_model(bmshj2018_hyperprior(3))."
+        )
+    if mode not in MODES:
+        raise ValueError(f"unknown mode={mode!r}; use one of {MODES}.")
+    if init not in INITS:
+        raise ValueError(f"unknown init={init!r}; use one of {INITS}.")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be a positive int, got num_heads={num_heads!r}.")
+    window = None
+    if window_size is not None:
+        try:
+            window = to_pair(window_size, "window_size")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(
+                f"window_size={window_size!r} does not fit: it must be None (the paper's 8 and 4), "
+                f"a positive int or an (h, w) pair of positive ints."
+            ) from exc
+    if backend is not None:
+        from winattn.modules import _check_backend
+
+        _check_backend(backend)
+    return Options(window, num_heads, backend, init)
+
+
+def patch_model(
+    model: nn.Module,
+    *,
+    mode: Mode = "auto",
+    window_size: int | tuple[int, int] | None = None,
+    num_heads: int = 8,
+    backend: str | None = None,
+    init: Init = "identity",
+) -> nn.Module:
+    """Swaps, replaces or adds window attention, in place, and returns the model.
+
+    A transaction: every new module is built before the model changes, and a call that raises
+    leaves the model as it was.
+
+    Args:
+        model: any `nn.Module`, e.g. a CompressAI codec (not wrapped in `DataParallel` or
+            `DistributedDataParallel`: patch first, then wrap).
+        mode: `"swap"`, `"replace"`, `"insert"`, or `"auto"`: swap every window attention of a
+            known host family and replace CompressAI `AttentionBlock`s; insert only into a model
+            that has no attention at all. Auto never adds blocks to, or replaces blocks of, a
+            model with attention it cannot swap: it raises, naming that attention.
+        window_size: window of every new block; None uses the paper's (8 after the 2nd stage,
+            4 on the latent). The shift is always half the window. For swap, the window is
+            fixed by the weights: a different value raises.
+        num_heads: attention heads of every new block (must divide the channels).
+        backend: winattn backend for the new modules; None follows the global choice.
+        init: `"identity"`: inserted blocks start as an exact identity (gate zero) and replaced
+            blocks keep the `AttentionBlock`'s convolutions with a zero attention output;
+            `"paper"`: PyTorch's default initialisation, as in the paper, gate one.
+
+    Returns:
+        `model`, patched, with the report in `model.winattn_report` (a `PatchReport`,
+        printable): one `PatchEntry` per module touched, with `path`, `action`, `level`
+        (`"block"` or `"window"`), `host` (the replaced class), `channels`, `window_size`,
+        `shift_size` (the real shift), `params_added` and `note`; and `notes` (e.g. attention
+        left as it was).
+
+    Raises:
+        TypeError: `model` is not an `nn.Module`, or is wrapped for data parallelism.
+        ValueError: an unknown `mode` or `init`; a `window_size` or `num_heads` that does not
+            fit; a host module that cannot be swapped; in auto mode, attention that cannot be
+            swapped and nothing that can; an insert that the model's forward does not run;
+            nothing to patch (the message says what was looked for and what was found).
+
+    Example:
+        >>> from compressai.models import ScaleHyperprior
+        >>> model = patch_model(ScaleHyperprior(N=32, M=48))
+        >>> [e.path for e in model.winattn_report.entries]
+        ['g_a.winattn_stage2', 'g_a.winattn_latent', 'g_s.winattn_latent', 'g_s.winattn_stage2']
+    """
+    opts = _check_options(model, mode, window_size, num_heads, init, backend)
+    report = PatchReport(mode=mode, init=init)
+
+    already = [p for p, m in model.named_modules() if is_winattn(m)]
+    if already:
+        report.notes.append(
+            f"already patched ({len(already)} winattn module(s), e.g. {already[0]!r}): no-op."
+        )
+        previous = getattr(model, "winattn_report", None)
+        if isinstance(previous, PatchReport):
+            report.entries = list(previous.entries)
+        model.winattn_report = report
+        return model
+
+    hosts = list(find_hosts(model))
+    attention_blocks = [p for p, m in model.named_modules() if is_attention_block(m)]
+    foreign = foreign_attention(model)
+    if mode == "auto" and foreign and not hosts:
+        raise ValueError(
+            f"patch_model(mode='auto') left {type(model).__name__} unchanged: it has attention "
+            f"that winattn cannot swap: {', '.join(foreign[:8])}"
+            f"{f' and {len(foreign) - 8} more' if len(foreign) > 8 else ''}. Adding or replacing "
+            f"blocks would change its architecture; use mode='insert' (or mode='replace') to do "
+            f"that anyway."
+        )
+    do_swap = mode == "swap" or (mode == "auto" and bool(hosts))
+    do_replace = mode == "replace" or (mode == "auto" and bool(attention_blocks) and not foreign)
+    do_insert = mode == "insert" or (mode == "auto" and not hosts and not attention_blocks)
+    transforms = find_transforms(model)[0] if do_replace or do_insert else []
+
+    plan = Plan()
+    if do_swap:
+        plan_swap(plan, model, opts)
+    if do_replace:
+        plan_replace(plan, model, transforms, opts)
+    if do_insert:
+        plan_insert(plan, transforms, opts)
+    if not plan:
+        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign))
+    plan.apply()
+    if do_insert:
+        problem = verify(model, plan)
+        if problem is not None:
+            plan.undo()
+            raise ValueError(
+                f"patch_model(mode={mode!r}) rolled back its insert into {type(model).__name__}: "
+                f"{problem}. Its forward does not run its transforms as a plain nn.Sequential "
+                f"would; the model was left unchanged."
+            )
+    report.entries = list(plan.entries)
+    if foreign:
+        report.notes.append(f"left as it is (winattn cannot swap it): {', '.join(foreign)}")
+    model.winattn_report = report
+    return model
+
+
+def _nothing_found(
+    model: nn.Module, mode: str, hosts: list, attention_blocks: list[str], foreign: list[str]
+) -> str:
+    _, rejected = find_transforms(model)
+    found = "; ".join(f"{p}: {why}" for p, why in list(rejected.items())[:6]) or "none"
+    looked = {
+        "swap": "Swin-v1-style window attention of a known host family (timm, torchvision, STF, CompressAI, TCM, DCAE)",
+        "replace": "CompressAI AttentionBlocks",
+        "insert": f"analysis/synthesis transforms (nn.Sequential with >= {MIN_STAGES} stride-2 stages)",
+    }
+    wanted = list(looked.values()) if mode == "auto" else [looked[mode]]
+    other = ", ".join(foreign[:6]) or "none"
+    return (
+        f"patch_model(mode={mode!r}) found nothing to patch in {type(model).__name__}. Looked for: "
+        f"{', '.join(wanted)}. Found: {len(hosts)} swappable module(s), "
+        f"{len(attention_blocks)} AttentionBlock(s), attention winattn cannot swap: {other}; "
+        f"nn.Sequential that are not transforms: {found}."
+    )
