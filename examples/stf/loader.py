@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from examples.stf.models import WACNN, SymmetricalTransFormer
+from .models import WACNN, SymmetricalTransFormer
 
 __all__ = ["ARCHITECTURES", "convert_official_state_dict", "infer_arch", "load_official"]
 

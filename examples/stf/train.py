@@ -27,8 +27,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
+if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "examples.stf"
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -37,8 +38,8 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
-from examples.stf import zoo  # noqa: E402
-from examples.stf.data import MIN_MS_SSIM_SIDE, SMOKE_DIR, ImageFolder  # noqa: E402
+from . import zoo  # noqa: E402
+from .data import MIN_MS_SSIM_SIDE, SMOKE_DIR, ImageFolder  # noqa: E402
 
 # What --smoke changes, unless given explicitly on the command line.
 SMOKE_DEFAULTS = dict(

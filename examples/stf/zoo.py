@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from examples.stf.atomic import atomic_write
+from .atomic import atomic_write
 
 MODEL_CLASSES = {"stf": "SymmetricalTransFormer", "cnn": "WACNN"}
 
@@ -78,7 +78,7 @@ def check_model_name(name: str) -> str:
 
 def model_class(name: str) -> type[nn.Module]:
     """The class of model `name` ("stf" or "cnn"), imported on first use."""
-    models = importlib.import_module("examples.stf.models")
+    models = importlib.import_module(".models", __package__)
     return getattr(models, MODEL_CLASSES[check_model_name(name)])
 
 
@@ -178,7 +178,7 @@ def load_model(
         model = build_model(info.name, info.config)
         model.load_state_dict(checkpoint["state_dict"])
     else:
-        loader = importlib.import_module("examples.stf.loader")
+        loader = importlib.import_module(".loader", __package__)
         if name is None:
             name = loader.infer_arch(loader.convert_official_state_dict(checkpoint))
         info = ModelInfo(name=check_model_name(name), config=dict(config or {}), quality=quality)
