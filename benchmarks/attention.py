@@ -3,9 +3,10 @@
 floor at the codec shapes; prints a table and writes JSON to `benchmarks/results/`.
 
 The implementation lives in `winattn/_bench.py` so that the installed `winattn bench` command
-runs the same code. Usage (from the repository root):
+runs the same code; this script records into `benchmarks/results/` (`winattn bench` writes to
+the working directory). Usage (from the repository root):
 
-    python benchmarks/attention.py            # the default shapes, batch 1 and 8, 2 threads
+    python benchmarks/attention.py --full     # the default shapes, batch 1 and 8, 2 threads
     python benchmarks/attention.py --quick    # a smoke test
     python benchmarks/attention.py --help
 """
@@ -21,4 +22,4 @@ except ImportError:  # run from a source checkout without installing
 from winattn._bench import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(default_out=str(Path(__file__).resolve().parent / "results")))
