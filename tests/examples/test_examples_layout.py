@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
+import importlib
 import sys
 import torch
 from winattn_examples.stf import zoo
@@ -20,6 +21,8 @@ model = zoo.build_model("cnn", zoo.TINY_CONFIGS["cnn"]).eval()
 with torch.no_grad():
     out = model(torch.rand(1, 3, 64, 64))
 assert out["x_hat"].shape == (1, 3, 64, 64), out["x_hat"].shape
+for name in ("codec", "data", "eval", "loader", "train", "tools.compare_official"):
+    importlib.import_module(f"winattn_examples.stf.{name}")  # every module, scripts included
 clash = sorted(m for m in sys.modules if m == "examples.stf" or m.startswith("examples.stf."))
 assert not clash, clash
 print("ok")
