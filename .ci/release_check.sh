@@ -44,7 +44,8 @@ assert len(list(SMOKE_DIR.glob("*.png"))) == 4, SMOKE_DIR
 print("examples ok:", WACNN.__module__)
 PY
     )
-    "$tmp/venv/bin/winattn" models | head -3
+    "$tmp/venv/bin/winattn" models >"$tmp/models.txt"
+    grep -q "^  bmshj2018-hyperprior-winattn" "$tmp/models.txt"
     "$tmp/venv/bin/python" -m winattn_examples.stf.train --help >/dev/null
     rm -rf "$tmp/venv"
 done

@@ -16,6 +16,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -175,10 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "info":
-        print(info())
-    elif args.command == "models":
-        print(models())
+    if args.command in ("info", "models"):
+        text = info() if args.command == "info" else models()
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # e.g. `winattn models | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     elif args.command == "bench":
         document = run(args, list(sys.argv[2:] if argv is None else argv[1:]))
         import torch
