@@ -14,12 +14,10 @@ the working directory). Usage (from the repository root):
 import sys
 from pathlib import Path
 
-try:
-    import winattn  # noqa: F401
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's winattn, installed or not (and not another install's)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from winattn._bench import main
+from winattn._bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(default_out=str(Path(__file__).resolve().parent / "results")))

@@ -668,7 +668,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_out: str | None = Non
     parser.add_argument(
         "--out", default=default_out,
         help="JSON file, or folder to write attention_<device>_<date>.json in "
-        "(default: the working directory)" if default_out is None else "JSON file or folder",
+        "(default: the working directory)" if default_out is None
+        else f"JSON file or folder (default: {default_out})",
     )
     parser.add_argument("--no-save", action="store_true", help="print the table, write no JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress indicator")
