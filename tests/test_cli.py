@@ -53,7 +53,7 @@ def test_info_gives_reasons_for_backends_that_cannot_run() -> None:
     _, text = _run(["info"])
     for name, reasons in backend_reasons().items():
         if reasons:
-            assert f"{name}: no: {reasons[0]}" in text
+            assert f"{name}: cannot run: {reasons[0]}" in text
 
 
 def test_python_dash_m_winattn_runs() -> None:
@@ -135,7 +135,7 @@ def test_bench_no_save_writes_no_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert list(tmp_path.iterdir()) == []
 
 
-def test_results_go_to_the_checkout_around_the_working_directory(
+def test_results_go_to_the_working_directory_inside_a_checkout_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "benchmarks").mkdir()
@@ -143,7 +143,7 @@ def test_results_go_to_the_checkout_around_the_working_directory(
     (tmp_path / "docs").mkdir()
     monkeypatch.chdir(tmp_path / "docs")
     path = output_path(None, "cpu", dt.datetime(2026, 1, 2, 3, 4, 5))
-    assert path == tmp_path / "benchmarks" / "results" / "attention_cpu_20260102-030405.json"
+    assert path == tmp_path / "docs" / "attention_cpu_20260102-030405.json"
 
 
 def test_results_go_to_the_working_directory_outside_a_checkout(

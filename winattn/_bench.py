@@ -2,8 +2,8 @@
 """The attention benchmark behind `winattn bench` and `benchmarks/attention.py`.
 
 It times, at the shapes learned codecs use, the forward pass and the forward + backward pass
-(median over repeats, after warm-up, every case interleaved round by round so that a change
-in machine load hits all of them alike) and measures the peak memory of:
+(median and spread over repeats, after warm-up, every case interleaved round by round so that a
+change in machine load hits all of them alike) and measures the peak memory of:
 
 * `winattn:<backend>`: `winattn.WindowAttention` (qkv projection, window attention, output
   projection) on every backend available for the device; the default backend runs through
@@ -20,6 +20,12 @@ Peak memory on the CPU is the high-water mark of bytes held by PyTorch's CPU all
 one call, above what was held before it, read from the profiler's allocation events (RSS is
 not used: it never shrinks, so it cannot be attributed to a case). On CUDA it is
 `torch.cuda.max_memory_allocated` above the memory allocated before the call.
+
+By default it times the three codec shapes at batch 1 and fits the number of rounds into a time
+budget (`--budget`, 30 s after start-up); `--full` times batch 1 and 8 with 10 rounds each.
+The spread of a case is the interquartile range of its rounds over their median; when the
+typical spread is large, or the load average exceeds the cores, it warns that the machine is
+busy. The JSON goes to the working directory, or to `--out`.
 
 The module is imported lazily by the CLI; it imports timm and torchvision only to build
 their cases, and skips a case (saying why) when its package is missing.
@@ -45,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DEFAULT_SHAPES", "QUICK_SHAPES", "Shape", "add_arguments", "main", "run"]
+__all__ = ["DEFAULT_SHAPES", "FULL_BATCHES", "QUICK_SHAPES", "Shape", "add_arguments", "main", "run"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,18 @@ class Shape:
         return f"C={self.dim} {self.size}x{self.size} h{self.heads} w{self.window} s{self.shift}"
 
 
-#: The shapes learned codecs use (issue 2), timed at batch 1 and 8.
+#: The shapes learned codecs use: the attention of STF's stages and of WACNN's hyper-latent.
 DEFAULT_SHAPES = (
     Shape(128, 64, 4, 8, 4),
     Shape(192, 32, 6, 8, 4),
     Shape(320, 16, 8, 4, 2),
 )
-DEFAULT_BATCHES = (1, 8)
+DEFAULT_BATCHES = (1,)
+#: `--full`: the default shapes at these batches, with this many rounds.
+FULL_BATCHES = (1, 8)
+FULL_REPEATS = 10
+#: A typical spread (median over cases of IQR / median) above this means a busy machine.
+BUSY_SPREAD = 0.15
 #: A tiny set that runs in seconds (`--quick`), for smoke tests.
 QUICK_SHAPES = (Shape(32, 16, 2, 4, 2),)
 QUICK_BATCHES = (1,)
@@ -346,6 +357,9 @@ def _summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+MIN_REPEATS = 3
+
+
 class _Progress:
     """tqdm on stderr when it is installed, else a plain counter on stderr."""
 
@@ -369,6 +383,13 @@ class _Progress:
         else:
             print(f"\r[{self.done}/{self.total}] {text:<60}", end="", file=sys.stderr, flush=True)
 
+    def skip(self, steps: int) -> None:
+        """Drops `steps` planned steps from the total (the time budget cut the rounds)."""
+        self.total -= steps
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -381,8 +402,11 @@ def measure(
     batch: int,
     args: argparse.Namespace,
     progress: _Progress,
+    budget_s: float | None = None,
 ) -> tuple[list[Measurement], list[Skipped]]:
-    """Times every case at one shape and batch, round-robin, and adds the ratios."""
+    """Times every case at one shape and batch, round-robin, and adds the ratios. With
+    `budget_s`, the number of rounds of each mode is cut (not below 3) so that the timing of
+    this shape and batch takes about `budget_s` seconds."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     cases, skipped = build_cases(shape, batch, device, dtype)
@@ -396,10 +420,18 @@ def measure(
             for _ in range(args.warmup):
                 pick(case)()
             _sync(device)
-        for _ in range(args.repeats):
+        repeats, done, started = args.repeats, 0, time.perf_counter()
+        while done < repeats:
             for case in runnable:
                 samples.setdefault((case.name, mode), []).append(_timed(pick(case), device))
+            done += 1
             progress.step(f"{shape.label} B={batch} {mode}")
+            if budget_s is not None and done == 1:
+                # the rounds that fit, keeping two rounds' time for warm-up and memory
+                per_round = time.perf_counter() - started
+                fit = int(budget_s / len(modes) / per_round) - 2
+                repeats = max(MIN_REPEATS, min(args.repeats, fit))
+                progress.skip(args.repeats - repeats)
 
     reference = next((c for c in cases if c.name.startswith("winattn:reference")), None)
     expected = reference.output() if reference is not None and reference.output else None
@@ -481,17 +513,29 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def spread(summary: dict[str, float]) -> float | None:
+    """The spread of one timing summary: interquartile range / median (0.1 = 10 %)."""
+    if not summary or not summary.get("median"):
+        return None
+    return (summary["q3"] - summary["q1"]) / summary["median"]
+
+
 def format_table(results: list[Measurement]) -> str:
-    """A plain-text table: one row per case, grouped by shape and batch."""
+    """A plain-text table: one row per case, grouped by shape and batch; each time is the
+    median, followed by its spread (interquartile range over the median, in %)."""
     header = (
-        f"{'shape':<30} {'B':>2}  {'case':<26} {'fwd ms':>9} {'/floor':>7} {'timm/x':>7}"
-        f" {'fwd+bwd ms':>11} {'/floor':>7} {'timm/x':>7} {'peak MiB':>9}"
+        f"{'shape':<30} {'B':>2}  {'case':<26} {'fwd ms':>9} {'±%':>4} {'/floor':>7} {'timm/x':>7}"
+        f" {'fwd+bwd ms':>11} {'±%':>4} {'/floor':>7} {'timm/x':>7} {'peak MiB':>9}"
     )
     lines = [header, "-" * len(header)]
 
     def num(value: float | None, fmt: str) -> str:
         width = int(fmt.split(".")[0])
         return "-".rjust(width) if value is None else format(value, fmt)
+
+    def pct(summary: dict[str, float]) -> str:
+        value = spread(summary)
+        return num(None if value is None else 100 * value, "4.0f")
 
     last = None
     for m in results:
@@ -502,13 +546,43 @@ def format_table(results: list[Measurement]) -> str:
         label = Shape(**m.shape).label
         lines.append(
             f"{label:<30} {m.batch:>2}  {m.case:<26}"
-            f" {num(m.fwd_ms.get('median'), '9.2f')} {num(m.ratios.get('fwd_vs_floor'), '7.2f')}"
+            f" {num(m.fwd_ms.get('median'), '9.2f')} {pct(m.fwd_ms)}"
+            f" {num(m.ratios.get('fwd_vs_floor'), '7.2f')}"
             f" {num(m.ratios.get('fwd_speedup_vs_timm'), '7.2f')}"
-            f" {num(m.fwd_bwd_ms.get('median'), '11.2f')} {num(m.ratios.get('fwd_bwd_vs_floor'), '7.2f')}"
+            f" {num(m.fwd_bwd_ms.get('median'), '11.2f')} {pct(m.fwd_bwd_ms)}"
+            f" {num(m.ratios.get('fwd_bwd_vs_floor'), '7.2f')}"
             f" {num(m.ratios.get('fwd_bwd_speedup_vs_timm'), '7.2f')}"
             f" {num(m.fwd_peak_mib, '9.1f')}"
         )
     return "\n".join(lines)
+
+
+def busy_warnings(results: list[Measurement], machine: dict[str, Any]) -> list[str]:
+    """Why the times of this run should not be quoted, if the run says so: a large typical
+    spread, a load average above the cores, or a module faster than its own GEMM floor."""
+    out = []
+    spreads = sorted(
+        v for m in results for t in (m.fwd_ms, m.fwd_bwd_ms) if (v := spread(t)) is not None
+    )
+    typical = statistics.median(spreads) if spreads else 0.0
+    if typical > BUSY_SPREAD:
+        out.append(
+            f"the rounds of a case vary by {100 * typical:.0f} % (typical interquartile range "
+            f"over median; a quiet machine gives a few %)"
+        )
+    cores = machine.get("logical_cores") or 1
+    load = max(machine.get("load_average_at_start", [0])[0], machine.get("load_average_at_end", [0])[0])
+    if load > cores:
+        out.append(f"the load average was {load:.1f} on {cores} logical cores")
+    below = [
+        f"{m.case} at {Shape(**m.shape).label} B={m.batch} ({mode})"
+        for m in results
+        for mode in ("fwd", "fwd_bwd")
+        if m.case != "floor" and m.ratios.get(f"{mode}_vs_floor", 1.0) < 0.8
+    ]
+    if below:
+        out.append(f"{len(below)} case(s) ran faster than their own GEMM floor, e.g. {below[0]}")
+    return out
 
 
 def find_repo_root(start: Path) -> Path | None:
@@ -523,15 +597,13 @@ def find_repo_root(start: Path) -> Path | None:
 
 
 def output_path(out: str | None, device: str, now: dt.datetime) -> Path:
-    """Where the JSON goes: `--out` (a file, or a folder to put it in); else
-    `benchmarks/results/` of the winattn checkout around the working directory; else the
-    working directory."""
+    """Where the JSON goes: `--out` (a file, or a folder to put it in), else the working
+    directory."""
     name = f"attention_{device}_{now.strftime('%Y%m%d-%H%M%S')}.json"
-    if out is not None:
-        path = Path(out)
-        return path / name if path.is_dir() or out.endswith(os.sep) else path
-    root = find_repo_root(Path.cwd().resolve())
-    return (root / "benchmarks" / "results" / name) if root else Path.cwd() / name
+    if out is None:
+        return Path.cwd() / name
+    path = Path(out)
+    return path / name if path.is_dir() or out.endswith(os.sep) else path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,17 +621,35 @@ def _shape_arg(text: str) -> Shape:
     return Shape(dim, size, heads, window, shift)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the benchmark's options to `parser` (shared by the CLI and the script)."""
-    parser.add_argument(
+def add_arguments(parser: argparse.ArgumentParser, default_out: str | None = None) -> None:
+    """Adds the benchmark's options to `parser` (shared by the CLI and the script); the JSON
+    goes to `default_out` when `--out` is not given (None: the working directory)."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
         "--quick", action="store_true",
         help="a tiny shape, batch 1, 3 repeats: a smoke test that takes seconds",
     )
+    size.add_argument(
+        "--full", action="store_true",
+        help=f"the whole grid: batches {' '.join(map(str, FULL_BATCHES))}, {FULL_REPEATS} rounds "
+        "each, no time budget (several minutes on 2 CPU cores)",
+    )
     parser.add_argument(
         "--shape", type=_shape_arg, action="append", metavar="DIM,SIZE,HEADS,WINDOW,SHIFT",
-        help="a shape to time (repeatable); default: the three codec shapes of issue 2",
+        help="a shape to time (repeatable); default: the three codec shapes "
+        + ", ".join(f"{s.dim},{s.size},{s.heads},{s.window},{s.shift}" for s in DEFAULT_SHAPES),
     )
-    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 1 8)")
+    parser.add_argument(
+        "--batch", type=int, nargs="+",
+        help=f"batch sizes (default: {' '.join(map(str, DEFAULT_BATCHES))}; --full: "
+        f"{' '.join(map(str, FULL_BATCHES))})",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=30.0, metavar="SECONDS",
+        help="seconds to fit the whole run into, by cutting the rounds (default 30; never below "
+        "3 rounds a case, so a busy machine takes longer); ignored with --full, --quick or "
+        "--repeats",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
@@ -569,12 +659,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=2,
         help="torch.set_num_threads on the CPU (default 2; 0 leaves torch's choice)",
     )
-    parser.add_argument("--repeats", type=int, help="timed rounds per case (default 10, quick 3)")
-    parser.add_argument("--warmup", type=int, help="untimed calls per case first (default 2, quick 1)")
+    parser.add_argument(
+        "--repeats", type=int,
+        help=f"timed rounds per case (default: up to 10 within --budget; --full {FULL_REPEATS}, quick 3)",
+    )
+    parser.add_argument("--warmup", type=int, help="untimed calls per case first (default 1, --full 2)")
     parser.add_argument("--no-backward", action="store_true", help="time the forward pass only")
     parser.add_argument(
-        "--out", help="JSON file or folder (default: benchmarks/results/ of the winattn "
-        "checkout around the working directory, else the working directory)",
+        "--out", default=default_out,
+        help="JSON file, or folder to write attention_<device>_<date>.json in "
+        "(default: the working directory)" if default_out is None
+        else f"JSON file or folder (default: {default_out})",
     )
     parser.add_argument("--no-save", action="store_true", help="print the table, write no JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress indicator")
@@ -587,9 +682,11 @@ def run(
     the JSON unless `--no-save`, and returns the JSON document. `argv` and `prog` are recorded
     as the command."""
     shapes = args.shape or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
-    batches = args.batch or (QUICK_BATCHES if args.quick else DEFAULT_BATCHES)
-    args.repeats = args.repeats or (3 if args.quick else 10)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    full = getattr(args, "full", False)
+    batches = args.batch or (QUICK_BATCHES if args.quick else FULL_BATCHES if full else DEFAULT_BATCHES)
+    budget = None if (full or args.quick or args.repeats) else args.budget
+    args.repeats = args.repeats or (3 if args.quick else FULL_REPEATS)
+    args.warmup = args.warmup if args.warmup is not None else (2 if full else 1)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device here.")
@@ -603,8 +700,12 @@ def run(
     results: list[Measurement] = []
     skipped: dict[str, str] = {}
     try:
-        for shape, batch in _grid(shapes, batches):
-            found, passed = measure(shape, batch, args, progress)
+        grid = list(_grid(shapes, batches))
+        deadline = time.perf_counter() + (budget or 0.0)
+        for i, (shape, batch) in enumerate(grid):
+            # what is left of the budget, shared by the shapes still to come
+            share = None if budget is None else max(0.0, deadline - time.perf_counter()) / (len(grid) - i)
+            found, passed = measure(shape, batch, args, progress, share)
             results += found
             skipped.update({s.name: s.reason for s in passed})
     finally:
@@ -620,9 +721,11 @@ def run(
             "dtype": args.dtype,
             "threads": torch.get_num_threads(),
             "repeats": args.repeats,
+            "budget_s": budget,
             "warmup": args.warmup,
             "forward": "torch.no_grad(), module in eval mode",
-            "timing": "wall clock per call, cases interleaved round by round; ms",
+            "timing": "wall clock per call, cases interleaved round by round; ms; spread = "
+            "(q3 - q1) / median",
             "peak_memory": "CPU: profiler allocation events of PyTorch's CPU allocator; "
             "CUDA: max_memory_allocated; MiB above the level before the call",
             "timm_fused_attn": _timm_fused_attn(),
@@ -633,16 +736,25 @@ def run(
     if hasattr(os, "getloadavg"):
         document["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
 
+    rounds = sorted({m.fwd_ms.get("n", 0) for m in results} - {0}) or [0]
+    span = str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
     print(f"winattn bench: {document['machine']['cpu']}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {args.device}, {args.dtype}; median of "
-          f"{args.repeats} ms; /floor = time / GEMM floor; timm/x = timm's time / this time")
+          f"torch {torch.__version__}, device {args.device}, {args.dtype}; ms: median of "
+          f"{span} rounds, ±% its "
+          f"spread (IQR / median); /floor = time / GEMM floor; timm/x = timm's time / this time")
     print(format_table(results))
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
+    warnings = busy_warnings(results, document["machine"])
+    document["busy_warnings"] = warnings
+    if warnings:
+        print("warning: the machine looks busy, so these times are not for quoting: "
+              + "; ".join(warnings) + ". Rerun on a quiet machine (or with --full).", file=sys.stderr)
     if not args.no_save:
         path = output_path(args.out, device.type, now)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        document["path"] = str(path)
         print(f"wrote {path}")
     return document
 
@@ -661,11 +773,11 @@ def _timm_fused_attn() -> bool | None:
     return bool(use_fused_attn(experimental=True))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `benchmarks/attention.py`."""
+def main(argv: Sequence[str] | None = None, default_out: str | None = None) -> int:
+    """Entry point of `benchmarks/attention.py`, which records into `default_out`."""
     parser = argparse.ArgumentParser(
         prog="benchmarks/attention.py", description=__doc__.split("\n\n")[0]
     )
-    add_arguments(parser)
+    add_arguments(parser, default_out)
     run(parser.parse_args(argv), argv, prog="python benchmarks/attention.py")
     return 0

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from examples.ablation.train import TrainConfig, train_models
+from .train import TrainConfig, train_models
 
 
 def _parser() -> argparse.ArgumentParser:

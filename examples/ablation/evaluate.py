@@ -27,9 +27,10 @@ from pytorch_msssim import ms_ssim
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from examples.ablation.data import EVAL_IMAGES, load_images
-from examples.ablation.train import VARIANTS, TrainConfig, build_model
 from winattn.pretrained import compress_image, psnr
+
+from .data import EVAL_IMAGES, load_images
+from .train import VARIANTS, TrainConfig, build_model
 
 JPEG_QUALITIES = (1, 3, 5, 10, 20, 30, 50, 70, 90)
 WEBP_QUALITIES = (0, 2, 5, 10, 20, 40, 60, 80, 95)

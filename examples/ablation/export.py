@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 import winattn.pretrained as pretrained
-from examples.ablation.data import EVAL_IMAGES, TRAIN_IMAGES, load_images
-from examples.ablation.evaluate import learned_point, load_trained, mean_point
-from examples.ablation.train import TrainConfig
+
+from .data import EVAL_IMAGES, TRAIN_IMAGES, load_images
+from .evaluate import learned_point, load_trained, mean_point
+from .train import TrainConfig
 
 
 def _anchor_psnr_at(points: list[dict], bpp: float) -> float | None:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from examples.ablation.data import TRAIN_IMAGES, RandomCrops, load_images
+from .data import TRAIN_IMAGES, RandomCrops, load_images
 
 VARIANTS = ("unpatched", "patched")
 

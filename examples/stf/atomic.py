@@ -5,7 +5,7 @@ A reader never sees a half-written checkpoint, bitstream or image, even if the w
 
 Example:
     >>> import tempfile, pathlib
-    >>> from examples.stf.atomic import atomic_write_bytes
+    >>> from winattn_examples.stf.atomic import atomic_write_bytes
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.bin"
     >>> atomic_write_bytes(target, b"abc")
     >>> target.read_bytes()

@@ -4,7 +4,7 @@ outputs that are never overwritten without `--force`.
 
 Example:
     >>> import argparse
-    >>> from examples.stf.cli import HelpFormatter
+    >>> from winattn_examples.stf.cli import HelpFormatter
     >>> parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
     >>> _ = parser.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     >>> "(default: 0.0001)" in parser.format_help()

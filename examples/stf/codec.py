@@ -47,16 +47,17 @@ import sys
 import zlib
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
+if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "examples.stf"
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from examples.stf import zoo  # noqa: E402
-from examples.stf.atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from examples.stf.cli import HelpFormatter  # noqa: E402
-from examples.stf.data import image_format_for, read_image, to_uint8, write_image  # noqa: E402
+from . import zoo  # noqa: E402
+from .atomic import atomic_write, atomic_write_bytes  # noqa: E402
+from .cli import HelpFormatter  # noqa: E402
+from .data import image_format_for, read_image, to_uint8, write_image  # noqa: E402
 
 MAGIC = b"\x89WAC"
 FORMAT_VERSION = 1
@@ -91,7 +92,7 @@ class Bitstream:
         strings: the model's byte strings for this image (`[y, z]`).
 
     Example:
-        >>> from examples.stf.codec import Bitstream, pack, unpack
+        >>> from winattn_examples.stf.codec import Bitstream, pack, unpack
         >>> stream = Bitstream("stf", 3, "mse", 1234, 5678, 20, 30, [b"yy", b"z"])
         >>> unpack(pack(stream)) == stream
         True

@@ -5,7 +5,7 @@ Images are read with Pillow and turned into float tensors in `[0, 1]` without to
 the scripts need nothing beyond the `examples` extra of the package.
 
 Example:
-    >>> from examples.stf.data import ImageFolder, SMOKE_DIR
+    >>> from winattn_examples.stf.data import ImageFolder, SMOKE_DIR
     >>> crops = ImageFolder(SMOKE_DIR, patch_size=32, train=True)
     >>> crops[0].shape
     torch.Size([3, 32, 32])
@@ -201,7 +201,7 @@ class ImageFolder(Dataset):
         train: random crops and flips when True, central crops when False.
 
     Example:
-        >>> from examples.stf.data import ImageFolder, SMOKE_DIR
+        >>> from winattn_examples.stf.data import ImageFolder, SMOKE_DIR
         >>> val = ImageFolder(SMOKE_DIR, patch_size=48, train=False)
         >>> val[0].shape
         torch.Size([3, 48, 48])
@@ -248,7 +248,7 @@ class ResumableSampler(Sampler):
         rank, world_size: this process and the number of processes.
 
     Example:
-        >>> from examples.stf.data import ResumableSampler
+        >>> from winattn_examples.stf.data import ResumableSampler
         >>> sampler = ResumableSampler(5, batch_size=2, seed=0)
         >>> sampler.steps_per_epoch
         2

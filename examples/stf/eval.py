@@ -24,16 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
+if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "examples.stf"
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from examples.stf import zoo  # noqa: E402
-from examples.stf.atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from examples.stf.cli import HelpFormatter, refuse_existing  # noqa: E402
-from examples.stf.data import (  # noqa: E402
+from . import zoo  # noqa: E402
+from .atomic import atomic_write, atomic_write_bytes  # noqa: E402
+from .cli import HelpFormatter, refuse_existing  # noqa: E402
+from .data import (  # noqa: E402
     MIN_MS_SSIM_SIDE,
     find_images,
     read_image,

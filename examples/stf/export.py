@@ -20,13 +20,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
+if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "examples.stf"
 
 import torch  # noqa: E402
 
-from examples.stf import zoo  # noqa: E402
-from examples.stf.cli import HelpFormatter, refuse_existing  # noqa: E402
+from . import zoo  # noqa: E402
+from .cli import HelpFormatter, refuse_existing  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from examples.stf import zoo
-from examples.stf.models import WACNN, SymmetricalTransFormer
+from . import zoo
+from .models import WACNN, SymmetricalTransFormer
 
 __all__ = [
     "ARCHITECTURES",

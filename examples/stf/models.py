@@ -43,15 +43,16 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from examples.stf.entropy import ChannelARCodec, hyper_widths
-from examples.stf.layers import (
+from winattn import WindowAttentionBlock
+
+from .entropy import ChannelARCodec, hyper_widths
+from .layers import (
     PatchEmbed,
     PatchMerging,
     PatchSplit,
     SwinStage,
     run_maybe_checkpointed,
 )
-from winattn import WindowAttentionBlock
 
 __all__ = ["SymmetricalTransFormer", "WACNN"]
 

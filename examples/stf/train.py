@@ -29,8 +29,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
+if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    __package__ = "examples.stf"
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -38,9 +39,9 @@ import torch.distributed as dist  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from examples.stf import zoo  # noqa: E402
-from examples.stf.cli import HelpFormatter  # noqa: E402
-from examples.stf.data import (  # noqa: E402
+from . import zoo  # noqa: E402
+from .cli import HelpFormatter  # noqa: E402
+from .data import (  # noqa: E402
     MIN_MS_SSIM_SIDE,
     SMOKE_DIR,
     ImageFolder,
@@ -79,7 +80,7 @@ class RateDistortionLoss(nn.Module):
 
     Example:
         >>> import torch
-        >>> from examples.stf.train import RateDistortionLoss
+        >>> from winattn_examples.stf.train import RateDistortionLoss
         >>> x = torch.rand(1, 3, 8, 8)
         >>> out = {"x_hat": x, "likelihoods": {"y": torch.full((1, 4, 2, 2), 0.5)}}
         >>> float(RateDistortionLoss(0.01)(out, x)["bpp_loss"])
@@ -122,7 +123,7 @@ class Runtime:
 
     Example:
         >>> import torch
-        >>> from examples.stf.train import Runtime
+        >>> from winattn_examples.stf.train import Runtime
         >>> Runtime(rank=0, world_size=1, device=torch.device("cpu")).distributed
         False
     """

@@ -8,7 +8,7 @@ official checkpoints hold only weights (the model is told by their parameter nam
 records the rate point).
 
 Example:
-    >>> from examples.stf.zoo import lambda_for
+    >>> from winattn_examples.stf.zoo import lambda_for
     >>> lambda_for("mse", 3)
     0.0067
 """
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from examples.stf.atomic import atomic_write
+from .atomic import atomic_write
 
 MODEL_CLASSES = {"stf": "SymmetricalTransFormer", "cnn": "WACNN"}
 
@@ -55,7 +55,7 @@ class ModelInfo:
     """What is known about a loaded model: name, constructor arguments and rate point.
 
     Example:
-        >>> from examples.stf.zoo import ModelInfo
+        >>> from winattn_examples.stf.zoo import ModelInfo
         >>> ModelInfo(name="cnn", quality=2).quality
         2
     """
@@ -80,7 +80,7 @@ def check_model_name(name: str) -> str:
 
 def model_class(name: str) -> type[nn.Module]:
     """The class of model `name` ("stf" or "cnn"), imported on first use."""
-    models = importlib.import_module("examples.stf.models")
+    models = importlib.import_module(".models", __package__)
     return getattr(models, MODEL_CLASSES[check_model_name(name)])
 
 
@@ -270,7 +270,7 @@ def load_model(
             metric=checkpoint.get("metric"),
             lmbda=checkpoint.get("lmbda"),
         )
-        loader = importlib.import_module("examples.stf.loader")
+        loader = importlib.import_module(".loader", __package__)
         model = build_model(info.name, info.config)
         weights_dtype = getattr(torch, str(checkpoint.get("weights_dtype", "float32")), None)
         state_dict = checkpoint["state_dict"]
@@ -281,7 +281,7 @@ def load_model(
         loader.check_state_dict(model, state_dict, info.name, float_dtype=weights_dtype)
         model.load_state_dict(state_dict)
     else:
-        loader = importlib.import_module("examples.stf.loader")
+        loader = importlib.import_module(".loader", __package__)
         if name is None:
             name = loader.infer_arch(loader.convert_official_state_dict(checkpoint))
         info = ModelInfo(name=check_model_name(name), config=dict(config or {}), quality=quality)

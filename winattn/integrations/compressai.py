@@ -16,7 +16,8 @@ model from its state dict alone.
   `python -m winattn.integrations.compressai eval_model checkpoint images/ -a
   bmshj2018-hyperprior-winattn -p model.pth.tar`.
 
-This module imports CompressAI; `import winattn` does not import it.
+This module imports CompressAI (through `import_compressai`, which keeps a torch deprecation
+warning about CompressAI's internals quiet); `import winattn` does not import it.
 
 Example:
     >>> from compressai.models import ScaleHyperprior
@@ -30,21 +31,47 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import runpy
 import sys
+import warnings
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 from torch import Tensor, nn
 
 from winattn.patch import LATENT_NAME, LATENT_WINDOW, STAGE_NAME, STAGE_WINDOW, patch_model
 
-__all__ = ["SUFFIX", "base_name", "from_state_dict", "main", "patched_class", "patched_name", "register"]
+__all__ = [
+    "SUFFIX",
+    "base_name",
+    "from_state_dict",
+    "import_compressai",
+    "main",
+    "patched_class",
+    "patched_name",
+    "register",
+]
 
 SUFFIX = "winattn"
 _VBR = "-vbr"
+
+
+def import_compressai() -> ModuleType:
+    """Imports CompressAI, without the FutureWarning that torch >= 2.10 prints for the
+    `torch.jit.script` decorators CompressAI 1.2.8 applies at import time (it concerns
+    CompressAI's code, not the caller's). Later imports of CompressAI modules are silent anyway.
+
+    Returns:
+        the `compressai` package.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        import compressai
+    return compressai
 
 
 def patched_name(arch: str) -> str:
@@ -62,6 +89,7 @@ def base_name(name: str) -> str:
 def _base_class(arch: str | type) -> type:
     if isinstance(arch, type):
         return getattr(arch, "winattn_base", arch)
+    import_compressai()
     from compressai.registry import MODELS
 
     name = base_name(arch)
@@ -163,6 +191,7 @@ def infer_patch_options(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
 
 def _constructor_args(base: type, state_dict: Mapping[str, Tensor]) -> dict[str, Any] | None:
     """Sizes for architectures whose own `from_state_dict` misreads them (None: use theirs)."""
+    import_compressai()
     from compressai.models.sensetime import Elic2022Chandelier, Elic2022Official
 
     if issubclass(base, (Elic2022Official, Elic2022Chandelier)):
@@ -186,6 +215,7 @@ def from_state_dict(arch: str | type, state_dict: Mapping[str, Tensor]) -> nn.Mo
     Raises:
         ValueError: an unknown architecture, or a state dict without winattn blocks.
     """
+    import_compressai()
     from compressai.zoo import load_state_dict
 
     base = _base_class(arch)
@@ -221,6 +251,7 @@ def register() -> list[str]:
     Returns:
         the registered names.
     """
+    import_compressai()
     import compressai.zoo as zoo
     import compressai.zoo.image as zoo_image
     import compressai.zoo.image_vbr as zoo_image_vbr
@@ -246,20 +277,60 @@ def register() -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m winattn.integrations.compressai TOOL ARGS...`: register, then run the tool.
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m winattn.integrations.compressai",
+        description="Registers every CompressAI image architecture patched by winattn as\n"
+        "<arch>-winattn, then runs a CompressAI tool with the remaining arguments, as\n"
+        "`python -m compressai.utils.TOOL ARGS...` would. `winattn models` lists the names.",
+        epilog="examples:\n"
+        "  python -m winattn.integrations.compressai update_model ckpt.pth.tar "
+        "-a bmshj2018-hyperprior-winattn -d exported\n"
+        "  python -m winattn.integrations.compressai eval_model checkpoint images/ "
+        "-a bmshj2018-hyperprior-winattn -p exported/ckpt-*.pth.tar\n"
+        "  python -m winattn.integrations.compressai eval_model --help   # the tool's options",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "tool",
+        help="eval_model or update_model (short for compressai.utils.TOOL), or a full module "
+        "name, e.g. examples.train run from a CompressAI checkout",
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
+    return parser
 
-    `TOOL` is `eval_model`, `update_model` (short for `compressai.utils.<TOOL>`) or a full
-    module name, e.g. `examples.train` run from a CompressAI checkout.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(main.__doc__)
-        raise SystemExit(0 if argv else 2)
-    tool = argv[0] if "." in argv[0] else f"compressai.utils.{argv[0]}"
+
+def _hint_for(error: BaseException) -> str | None:
+    """A hint when CompressAI failed on a patched checkpoint loaded as the unpatched model."""
+    text = str(error)
+    if f"{SUFFIX}_" in text and "Unexpected key" in text:
+        return (
+            "winattn: the checkpoint holds winattn blocks, but the architecture named is the "
+            "unpatched one; name the patched one, e.g. -a bmshj2018-hyperprior-winattn "
+            "(`winattn models` lists them)."
+        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m winattn.integrations.compressai TOOL ARGS...`: register, then run the tool."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    tool = args.tool if "." in args.tool else f"compressai.utils.{args.tool}"
     register()
-    sys.argv = [tool, *argv[1:]]
-    runpy.run_module(tool, run_name="__main__", alter_sys=True)
+    sys.argv = [tool, *args.args]
+    # `register` imported update_model's `__main__` to add the names to its table: run that
+    # module's `main`, as its `if __name__ == "__main__"` block does, rather than a second copy.
+    imported = sys.modules.get(f"{tool}.__main__")
+    try:
+        if imported is not None and callable(getattr(imported, "main", None)):
+            imported.main(sys.argv[1:])
+        else:
+            runpy.run_module(tool, run_name="__main__", alter_sys=True)
+    except RuntimeError as error:
+        hint = _hint_for(error)
+        if hint is not None:
+            print(hint, file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ from typing import Any
 
 import torch
 
+if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    __package__ = "examples.stf.tools"
+
 _FILES = {
     "models/stf.py": [
         ("from .utils import conv, update_registered_buffers, deconv",
@@ -91,7 +95,7 @@ def _timed(fn: Any) -> float:
 
 @torch.no_grad()
 def compare(official_cls: type, ours_cls: type, size: tuple[int, int], time_size: tuple[int, int], repeat: int) -> dict[str, Any]:
-    from examples.stf.loader import convert_official_state_dict
+    from ..loader import convert_official_state_dict
 
     torch.manual_seed(0)
     official = official_cls().eval()
@@ -146,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from examples.stf.models import WACNN, SymmetricalTransFormer
     from winattn import get_backend
+
+    from ..models import WACNN, SymmetricalTransFormer
 
     workdir = Path(tempfile.mkdtemp(prefix="stf_official_"))
     try:
