@@ -87,6 +87,10 @@ def info() -> str:
             continue
         for name, why in reasons.items():
             lines.append(f"  {name}: " + ("runs" if not why else "; ".join(why)))
+    from winattn.backends.triton import verification
+
+    lines += ["", "triton configurations verified per device class (auto picks only these):"]
+    lines += [f"  {line}" for line in verification.summary()]
     return "\n".join(lines)
 
 
