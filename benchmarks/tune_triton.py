@@ -50,7 +50,8 @@ def launcher(pb, out, scale, block_m: int, hpp: int, nw: int):
 
     def launch():
         kernels._fwd_kernel[grid](
-            pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale, 0, **pb.meta,
+            pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale, kernels.MASK_VALUE, 0,
+            **pb.meta,
             BLOCK_M=block_m, HEADS_PER_PROG=hpp, num_warps=nw, num_stages=1,
         )
 
