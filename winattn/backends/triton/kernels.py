@@ -253,6 +253,22 @@ else:
 
 
 @triton.jit
+def _store_grad(
+    dbase, grad, dpad, token, inside, is_pad, offs_d, head,
+    PART: tl.constexpr, HEADS: tl.constexpr, D: tl.constexpr, PAD_GRAD: tl.constexpr,
+):
+    """Stores the k or v (`PART` 1, 2) gradient of one head, `(BLOCK_N, BLOCK_D)` fp32, at its
+    map tokens; returns `dpad` plus its padding slots' sum when `PAD_GRAD`."""
+    C: tl.constexpr = HEADS * D
+    d_ok = offs_d < D
+    ptrs = dbase + token[:, None] * (3 * C) + PART * C + head * D + offs_d[None, :]
+    tl.store(ptrs, grad.to(dbase.dtype.element_ty), mask=inside[:, None] & d_ok[None, :])
+    if PAD_GRAD:
+        dpad += tl.sum(tl.where(is_pad[:, None], grad, 0.0), 0)
+    return dpad
+
+
+@triton.jit
 def _bwd_kernel(
     QKV, PAD, TABLE, BIAS, DOUT, DQKV, DPAD_PART, DBIAS_PART,
     H, W, Hp, Wp, sh, sw, n_win_w, n_win, n_total, n_groups, scale, mask_value,
@@ -289,8 +305,9 @@ def _bwd_kernel(
         )
         k = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 1, HEADS, D)
         v = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D)
-        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        if NUM_QB > 1:
+            dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+            dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
 
         for qb in tl.static_range(NUM_QB):
             offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -307,10 +324,25 @@ def _bwd_kernel(
                 HEADS, WH, WW, BIAS_MODE, SHIFTED, DOT_PRECISION,
             )
             p = _softmax(s)
+            dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PRECISION)
+            if NUM_QB == 1:
+                # One query block: dV is final; storing it now keeps one fp32 tile fewer live.
+                dpad_v = _store_grad(
+                    dbase, dv_part, dpad_v, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D,
+                    PAD_GRAD,
+                )
+            else:
+                dv += dv_part
             dp = _dot(do, tl.trans(v), DOT_PRECISION)
             ds = p * (dp - tl.sum(p * dp, 1)[:, None])  # d loss / d logits, (BLOCK_M, BLOCK_N)
-            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PRECISION)
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PRECISION)
+            dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PRECISION)
+            if NUM_QB == 1:
+                dpad_k = _store_grad(
+                    dbase, dk_part * scale, dpad_k, token_k, inside_k, pad_k, offs_d, head, 1,
+                    HEADS, D, PAD_GRAD,
+                )
+            else:
+                dk += dk_part
             dq = _dot(ds.to(k.dtype), k, DOT_PRECISION) * scale
             tl.store(
                 dbase + token_q[:, None] * (3 * C) + head * D + offs_d[None, :],
@@ -327,14 +359,14 @@ def _bwd_kernel(
                     tl.store(ptrs, tl.load(ptrs, mask=pair_ok, other=0.0) + ds, mask=pair_ok)
                     tl.debug_barrier()
 
-        dk = dk * scale
-        kv_mask = inside_k[:, None] & d_ok[None, :]
-        kv_ptrs = dbase + token_k[:, None] * (3 * C) + head * D + offs_d[None, :]
-        tl.store(kv_ptrs + C, dk.to(DQKV.dtype.element_ty), mask=kv_mask)
-        tl.store(kv_ptrs + 2 * C, dv.to(DQKV.dtype.element_ty), mask=kv_mask)
-        if PAD_GRAD:
-            dpad_k += tl.sum(tl.where(pad_k[:, None], dk, 0.0), 0)
-            dpad_v += tl.sum(tl.where(pad_k[:, None], dv, 0.0), 0)
+        if NUM_QB > 1:
+            dpad_k = _store_grad(
+                dbase, dk * scale, dpad_k, token_k, inside_k, pad_k, offs_d, head, 1, HEADS, D,
+                PAD_GRAD,
+            )
+            dpad_v = _store_grad(
+                dbase, dv, dpad_v, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D, PAD_GRAD
+            )
 
     if PAD_GRAD:
         # The q part stays zero: padding queries have no output.
