@@ -288,7 +288,8 @@ def _bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     offs_n = tl.arange(0, BLOCK_N)
-    dbias_row = (group * HEADS + head).to(tl.int64) * N * N  # this program's slice
+    # This program's slice: N*N values and a spare zero that the table reduction gathers.
+    dbias_row = (group * HEADS + head).to(tl.int64) * (N * N + 1)
     dbias_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dpad_k = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dpad_v = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -534,12 +535,11 @@ def _table_gather(window: tuple[int, int], device: torch.device) -> Tensor:
     return gather.to(device)
 
 
-def table_grad_from_dense(dense: Tensor, window: tuple[int, int]) -> Tensor:
-    """`(heads, N, N)` gradient of the dense bias -> `((2Wh-1)(2Ww-1), heads)` of the table."""
-    heads = dense.shape[0]
-    flat = torch.cat([dense.reshape(heads, -1), dense.new_zeros(heads, 1)], dim=1)  # (heads, N*N+1)
-    gather = _table_gather(window, dense.device)  # (T, N)
-    return flat[:, gather].sum(-1).t().contiguous()  # (T, heads)
+def table_grad_from_dense(flat: Tensor, window: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """`(heads, N*N + 1)` gradient of the dense bias, flattened with a trailing zero ->
+    `((2Wh-1)(2Ww-1), heads)` gradient of the table in `dtype`."""
+    gather = _table_gather(window, flat.device)  # (T, N)
+    return flat[:, gather].sum(-1).t().contiguous().to(dtype)
 
 
 def backward(
@@ -573,7 +573,7 @@ def backward(
     dqkv = torch.empty_like(pb.qkv)
     f32 = dict(dtype=torch.float32, device=qkv.device)
     dpad_part = torch.zeros(groups, c3, **f32) if pad_grad else None
-    dbias_part = torch.zeros(groups, num_heads, n, n, **f32) if bias_grad else None
+    dbias_part = torch.zeros(groups, num_heads, n * n + 1, **f32) if bias_grad else None
     _bwd_kernel[(groups, num_heads)](
         pb.qkv, pb.pad, pb.table, pb.dense, dout.contiguous(), dqkv, dpad_part, dbias_part,
         *pb.geometry, b * pb.windows, groups, scale, MASK_VALUE,
@@ -581,11 +581,11 @@ def backward(
     )
     dbias = None
     if bias_grad:
-        dense_grad = dbias_part.sum(0)  # (heads, N, N)
+        flat = dbias_part.sum(0)  # (heads, N*N + 1), the last column zero
         if mode == TABLE_BIAS:
-            dbias = table_grad_from_dense(dense_grad, window).to(bias_table.dtype)
+            dbias = table_grad_from_dense(flat, window, bias_table.dtype)
         else:
-            dbias = dense_grad.to(bias.dtype)
+            dbias = flat[:, : n * n].reshape(num_heads, n, n).contiguous().to(bias.dtype)
     dpad = None
     if pad_grad:
         dpad = dpad_part.sum(0).to(pad_qkv.dtype if pad_qkv is not None else qkv.dtype)
