@@ -92,42 +92,21 @@ def mock(args) -> dict:
     return {"mode": "mock", "load_average": os.getloadavg(), "rows": rows}
 
 
-def _graph_ms(fn, reps: int = 50) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return _event_ms(graph.replay, reps)
-
-
-def _event_ms(fn, reps: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def cuda(args) -> dict:
-    """Eager against CUDA-graph time, and the host profile of one eager forward+backward."""
-    shape = tuple(int(x) for x in args.shape.split(","))
-    qkv, table, dout = _inputs(shape, DTYPES[args.dtype], "cuda", True)
-    fwd, fwd_bwd = _steps(shape, qkv, table, dout)
+    """Eager against CUDA-graph time (timed as `attention_gpu.py` times them), and the host
+    profile of one eager forward+backward."""
+    from attention_gpu import Shape, make_inputs, time_method, winattn_method
+
+    shape = Shape(*(int(x) for x in args.shape.split(",")))
+    inputs = make_inputs(shape, DTYPES[args.dtype], torch.device("cuda"))
+    fn = winattn_method("triton", shape)
     rows = {}
-    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        eager, graph = _event_ms(fn), _graph_ms(fn)
-        rows[name] = {"eager_ms": eager, "graph_ms": graph, "eager_over_graph": eager / graph}
+    for mode in ("fwd", "fwd+bwd"):
+        eager, graph = time_method(fn, inputs, mode), time_method(fn, inputs, f"{mode}-graph")
+        rows[mode] = {"eager_ms": eager, "graph_ms": graph, "eager_over_graph": eager / graph}
+    qkv, table = inputs["qkv"].requires_grad_(), inputs["table"].requires_grad_()
+    _, fwd_bwd = _steps(tuple(int(x) for x in args.shape.split(",")), qkv, table, inputs["grad"])
+    fwd_bwd()
     torch.cuda.synchronize()
     from torch.profiler import ProfilerActivity, profile
 
