@@ -165,7 +165,7 @@ def _run(case: Case, inputs: dict[str, torch.Tensor], dtype: torch.dtype, backen
 
 
 _RESULTS: dict[tuple[Case, str], tuple[dict, dict, dict]] = {}
-# CUDA outcomes for the verification record: case -> {"forward" or "gradients": passed}.
+# Outcomes for the verification record: case -> {"forward" or "gradients": passed}.
 _OUTCOMES: dict[Case, dict[str, bool]] = {}
 RECORD_ENV = "WINATTN_TRITON_RECORD_OUT"
 
@@ -188,11 +188,9 @@ def assert_matches_reference(case: Case, device: torch.device, names: tuple[str,
     try:
         _assert_matches_reference(case, device, names)
     except BaseException:
-        if device.type == "cuda":
-            _OUTCOMES.setdefault(case, {})[part] = False
+        _OUTCOMES.setdefault(case, {})[part] = False
         raise
-    if device.type == "cuda":
-        _OUTCOMES.setdefault(case, {})[part] = True
+    _OUTCOMES.setdefault(case, {})[part] = True
 
 
 def _assert_matches_reference(case: Case, device: torch.device, names: tuple[str, ...]) -> None:
@@ -213,27 +211,33 @@ def _assert_matches_reference(case: Case, device: torch.device, names: tuple[str
 
 @pytest.fixture(scope="module", autouse=True)
 def verification_record():
-    """After the module, merges its CUDA outcomes into the record at `$WINATTN_TRITON_RECORD_OUT`:
-    a class is verified when each of its cases passed forward and gradients, and dropped when
-    any of them failed."""
+    """After the module, with `$WINATTN_TRITON_RECORD_OUT` set, writes its outcomes next to the
+    record (one part per pytest-xdist worker) and, outside xdist, merges them into it: a class
+    is verified when each of its cases passed forward and gradients, dropped when one failed.
+    Under the interpreter the device class is "interpreter" (which auto never uses)."""
     yield
     out = os.environ.get(RECORD_ENV)
-    if not out or not _OUTCOMES or not torch.cuda.is_available():
+    if not out or not _OUTCOMES:
         return
-    passed = {c.config_class for c, o in _OUTCOMES.items() if o == {"forward": True, "gradients": True}}
-    failed = {c.config_class for c, o in _OUTCOMES.items() if False in o.values()}
     import triton
 
-    run = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "command": " ".join(["pytest", *sys.argv[1:]]),
-        "cases_passed": sum(o == {"forward": True, "gradients": True} for o in _OUTCOMES.values()),
-        "cases_failed": sum(False in o.values() for o in _OUTCOMES.values()),
-    }
-    device_class = verification.device_class(torch.device("cuda"))
-    verification.update_record(Path(out), device_class, passed - failed, failed, run)
+    on_gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    verification.write_part(
+        Path(out),
+        worker or "main",
+        device=verification.device_class(torch.device("cuda")) if on_gpu else "interpreter",
+        passed=[c.config_class for c, o in _OUTCOMES.items() if o == {"forward": True, "gradients": True}],
+        failed=[c.config_class for c, o in _OUTCOMES.items() if False in o.values()],
+        run={
+            "device": torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU)",
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "command": " ".join(["pytest", *sys.argv[1:]]),
+        },
+    )
+    if worker is None:
+        verification.merge_parts(Path(out))
 
 
 @pytest.mark.parametrize("case", INTERPRETER_CASES, ids=str)

@@ -130,3 +130,13 @@ def test_update_drops_a_class_that_failed_and_keeps_other_devices(tmp_path) -> N
     classes = {d: {ConfigClass.from_json(e) for e in v["classes"]} for d, v in data["devices"].items()}
     assert classes == {"sm80": {other}, "sm90": {other}}
     assert data["devices"]["sm90"]["runs"][-1]["failed"] == [str(VERIFIED)]
+
+
+def test_merged_parts_drop_a_class_that_failed_in_any_process(tmp_path) -> None:
+    path = tmp_path / "verified.json"
+    other = ConfigClass("float32", 16, (7, 7), "none", False, "none")
+    verification.write_part(path, "gw0", "sm90", [VERIFIED, other], [], {"device": "H200"})
+    verification.write_part(path, "gw1", "sm90", [], [VERIFIED], {"device": "H200"})
+    data = verification.merge_parts(path)
+    assert [ConfigClass.from_json(e) for e in data["devices"]["sm90"]["classes"]] == [other]
+    assert list(tmp_path.iterdir()) == [path]

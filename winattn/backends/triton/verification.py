@@ -3,7 +3,7 @@
 
 Automatic backend selection picks triton only for a call whose *configuration class* is in
 the verification record (`verified.json`, shipped with the package) for the call's *device
-class*. The GPU test run (`tests/test_triton.py` on CUDA with `WINATTN_TRITON_RECORD=path`)
+class*. The GPU test run (`tests/test_triton.py` on CUDA with `WINATTN_TRITON_RECORD_OUT=path`)
 writes that record; `benchmarks/gpu_session.sh` runs it. Explicit `backend="triton"` runs
 whatever the kernels support, verified or not.
 
@@ -201,4 +201,45 @@ def update_record(
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(path)
+    return data
+
+
+def _part_paths(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.part-*.json"))
+
+
+def write_part(
+    path: Path,
+    name: str,
+    device: str,
+    passed: Iterable[ConfigClass],
+    failed: Iterable[ConfigClass],
+    run: dict,
+) -> Path:
+    """Writes one test process's outcomes beside the record at `path`, for `merge_parts`."""
+    part = path.with_name(f"{path.name}.part-{name}.json")
+    part.write_text(json.dumps({
+        "device": device,
+        "passed": [c.to_json() for c in sorted(set(passed))],
+        "failed": [c.to_json() for c in sorted(set(failed))],
+        "run": run,
+    }))
+    return part
+
+
+def merge_parts(path: Path) -> dict | None:
+    """Merges every part written by `write_part` beside `path` into the record (one run per
+    device class: a class failed in any part is dropped) and deletes the parts. Returns the
+    record, or None when there were no parts."""
+    parts = [json.loads(p.read_text()) for p in _part_paths(path)]
+    data = None
+    for device in sorted({p["device"] for p in parts}):
+        mine = [p for p in parts if p["device"] == device]
+        passed = {ConfigClass.from_json(e) for p in mine for e in p["passed"]}
+        failed = {ConfigClass.from_json(e) for p in mine for e in p["failed"]}
+        run = {**mine[0]["run"], "processes": len(mine)}
+        run["classes_passed"] = len(passed - failed)
+        data = update_record(path, device, passed - failed, failed, run)
+    for p in _part_paths(path):
+        p.unlink()
     return data
