@@ -100,8 +100,12 @@ def config_class(
 
 def call_class(call: AttentionCall) -> ConfigClass:
     """The configuration class of `call`."""
+    return config_class(*_call_parts(call))
+
+
+def _call_parts(call: AttentionCall) -> tuple:
     bias = "table" if call.bias_table is not None else "dense" if call.bias is not None else "none"
-    return config_class(
+    return (
         call.qkv.dtype, call.head_dim, call.window_size, bias, call.shift_size, call.size,
         call.pad_qkv is not None,
     )
@@ -121,9 +125,12 @@ def record_path() -> Path:
     return Path(os.environ.get(ENV_VAR) or RECORD_PATH)
 
 
-@functools.lru_cache(maxsize=4)
-def _load(path: Path, mtime: float) -> dict[str, frozenset[ConfigClass]]:
-    del mtime  # part of the cache key only: a rewritten record is read again
+
+@functools.lru_cache(maxsize=8)
+def _load(path: Path) -> dict[str, frozenset[ConfigClass]]:
+    # Read once per path (automatic selection asks on every call).
+    if not path.exists():
+        return {}
     data = json.loads(path.read_text())
     if data.get("format") != FORMAT:
         raise ValueError(
@@ -137,13 +144,9 @@ def _load(path: Path, mtime: float) -> dict[str, frozenset[ConfigClass]]:
 
 
 def verified_classes() -> dict[str, frozenset[ConfigClass]]:
-    """Device class -> the configuration classes verified on it. Empty if there is no record."""
-    path = record_path()
-    try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return {}
-    return _load(path, mtime)
+    """Device class -> the configuration classes verified on it. Empty if there is no record.
+    A record is read once per process and path."""
+    return _load(record_path())
 
 
 def unverified_reasons(call: AttentionCall) -> list[str]:
@@ -152,13 +155,21 @@ def unverified_reasons(call: AttentionCall) -> list[str]:
     dev = device_class(call.qkv.device)
     if dev is None:
         return ["automatic selection uses triton on CUDA only (the CPU path is the interpreter)"]
-    cls = call_class(call)
-    if cls in verified_classes().get(dev, frozenset()):
-        return []
-    return [
-        f"{cls} is not in the verification record for {dev} ({record_path().name}); "
-        "pass backend='triton' to run it anyway, or verify it with benchmarks/gpu_session.sh"
-    ]
+    return list(_class_reasons(os.environ.get(ENV_VAR), dev, *_call_parts(call)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_reasons(env: str | None, dev: str, *parts) -> tuple[str, ...]:
+    # Cached by the record's environment variable and the call's geometry: automatic
+    # selection asks on every call.
+    path = Path(env or RECORD_PATH)
+    cls = config_class(*parts)
+    if cls in _load(path).get(dev, frozenset()):
+        return ()
+    return (
+        f"{cls} is not in the verification record for {dev} ({path.name}); "
+        "pass backend='triton' to run it anyway, or verify it with benchmarks/gpu_session.sh",
+    )
 
 
 def summary() -> list[str]:
