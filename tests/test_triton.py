@@ -321,9 +321,41 @@ def test_auto_selection_skips_triton_on_cpu(device: torch.device) -> None:
     assert select_backend(_call(torch.device("cpu"))).name != "triton"
 
 
+def _class_call(cls: verification.ConfigClass, device: torch.device) -> AttentionCall:
+    """A call of configuration class `cls`."""
+    (wh, ww), heads = cls.window, 2
+    padded = cls.padding != "none"
+    c3 = 3 * heads * cls.head_dim_block
+    dtype = getattr(torch, cls.dtype)
+    n = wh * ww
+    bias = {
+        "table": dict(bias_table=torch.zeros((2 * wh - 1) * (2 * ww - 1), heads, dtype=dtype, device=device)),
+        "dense": dict(bias=torch.zeros(heads, n, n, dtype=dtype, device=device)),
+        "none": {},
+    }[cls.bias]
+    qkv = torch.randn(1, 2 * wh + padded, 2 * ww + padded, c3, dtype=dtype, device=device)
+    pad = torch.zeros(c3, dtype=dtype, device=device) if cls.padding == "pad_qkv" else None
+    shift = (wh // 2, ww // 2) if cls.shifted else 0
+    kwargs = {"bias_table": None, "bias": None, **bias, "scale": None, "pad_qkv": pad, "dropout_p": 0.0}
+    return AttentionCall.build(qkv, num_heads=heads, window_size=cls.window, shift_size=shift, **kwargs)
+
+
 @pytest.mark.gpu
-def test_auto_selection_picks_triton_on_cuda(cuda: torch.device) -> None:
-    assert select_backend(_call(cuda)).name == "triton"
+def test_auto_selection_picks_triton_for_every_verified_class_on_cuda(cuda: torch.device) -> None:
+    classes = verification.verified_classes().get(verification.device_class(cuda))
+    if not classes:
+        pytest.skip(f"no configuration class is verified on {verification.device_class(cuda)}")
+    for cls in sorted(classes):
+        call = _class_call(cls, cuda)
+        assert verification.call_class(call) == cls
+        assert select_backend(call, "auto").name == "triton", str(cls)
+
+
+@pytest.mark.gpu
+def test_auto_selection_passes_over_triton_for_an_unverified_class_on_cuda(cuda: torch.device) -> None:
+    cls = verification.ConfigClass("float32", 16, (5, 3), "none", False, "zeros")
+    assert cls not in verification.verified_classes().get(verification.device_class(cuda), ())
+    assert select_backend(_class_call(cls, cuda), "auto").name != "triton"
 
 
 def _full_size(cases: list[Case], long: list[Case]) -> list:
