@@ -20,7 +20,14 @@
 #   bash benchmarks/gpu_session.sh              # on the GPU machine
 #   bash benchmarks/gpu_session.sh --dry-run    # on the CPU: every step small, interpreter
 # Environment: GPU_SESSION_BUDGET (seconds for all steps, default 450), GPU_SESSION_STEPS
-# (the steps to run, in order), PYTHON (default python3), STF_OFFICIAL (default .gpu/STF).
+# (the steps to run, in order; e.g. "tests" for a rerun), PYTHON (default python3),
+# STF_OFFICIAL (default .gpu/STF).
+#
+# With the device tool (carry .whl and .gpu/STF, made by benchmarks/gpu_prepare.sh;
+# timeout_s 540 leaves a few minutes of a 15-minute lease for a short rerun):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \
+#     bash benchmarks/gpu_session.sh
 #
 # $OUT keeps at most a few files (the device tool returns 8): session.tgz (every log and JSON,
 # repacked after each step), summary.txt, verified.json, failed.txt.
@@ -95,7 +102,7 @@ EOF
 run_tests() {  # run_tests MARKER [extra pytest args]
     local marker=$1
     shift
-    local opts=(-p no:cacheprovider -q -rf --durations=0 --junitxml="$WORK/junit-$marker.xml")
+    local opts=(-p no:cacheprovider -q -rf --durations=0 --junitxml="$WORK/junit-${marker// /_}.xml")
     has xdist && opts+=(-n "${GPU_SESSION_WORKERS:-8}")
     has pytest_timeout && opts+=(--timeout "${GPU_SESSION_TEST_TIMEOUT:-150}")
     WINATTN_TRITON_CONFIGS=few WINATTN_TRITON_RECORD_OUT="$WORK/verified.json" \
