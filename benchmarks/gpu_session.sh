@@ -14,6 +14,7 @@
 #   models    models_gpu.py: STF and WACNN against the official code (needs CompressAI 1.2.8
 #             and the official files in .gpu/STF; see docs/triton.md)
 #   grid      attention_gpu.py --grid, triton, bf16, tuned autotune key
+#   compare   headline and grid against the committed H100 results, row by row
 #   long      the gpu_long tests, if time is left
 #
 # Usage (repository root):
@@ -40,7 +41,7 @@ DRY=0
 OUT=${OUT:-$ROOT/.gpu/out}
 PY=${PYTHON:-python3}
 BUDGET=${GPU_SESSION_BUDGET:-450}
-STEPS=${GPU_SESSION_STEPS:-env tests headline backward host models grid long}
+STEPS=${GPU_SESSION_STEPS:-env tests headline backward host models grid compare long}
 OFFICIAL=${STF_OFFICIAL:-$ROOT/.gpu/STF}
 WORK=$(mktemp -d /tmp/gpu_session.XXXXXX)
 START=$(date +%s)
@@ -113,11 +114,37 @@ run_tests() {  # run_tests MARKER [extra pytest args]
     return $rc
 }
 
+# run_compare NEW.json OLD.json...: ratio table of matching rows (same shape, dtype, method, mode).
+run_compare() {
+    $PY - "$@" <<'EOF'
+import json, sys
+from pathlib import Path
+
+new_path, *old_paths = map(Path, sys.argv[1:])
+if not new_path.exists():
+    sys.exit(f"{new_path} missing (its step failed or was skipped)")
+new = json.loads(new_path.read_text())
+key = lambda r: (r["batch"], r["size"], r["dim"], r["heads"], r["window"], r["dtype"], r["method"], r["mode"])
+old = {}
+for p in old_paths:
+    data = json.loads(p.read_text())
+    old.update({key(r): (r, data["device"]) for r in data["rows"] if "ms" in r})
+print(f"new: {new['device']} {new['date']}")
+for r in new["rows"]:
+    if "ms" not in r or key(r) not in old:
+        continue
+    o, device = old[key(r)]
+    print("B{} {}x{} C{} h{} w{} {} {:14s} {:14s} new {:8.3f} ms  old {:8.3f} ms ({})  new/old {:.2f}".format(
+        r["batch"], r["size"], r["size"], r["dim"], r["heads"], r["window"], r["dtype"], r["method"],
+        r["mode"], r["ms"], o["ms"], device, r["ms"] / o["ms"]))
+EOF
+}
+
 failed_list() {
     grep -h "^FAILED\|^ERROR" "$WORK"/tests.log "$WORK"/long.log 2>/dev/null >"$WORK/failed.txt" || true
 }
 
-export -f has run_env run_tests
+export -f has run_env run_tests run_compare
 export WORK PY
 
 for s in $STEPS; do
@@ -170,6 +197,14 @@ for s in $STEPS; do
         else
             step grid 150 $PY benchmarks/attention_gpu.py --grid --methods triton --dtypes bf16 \
                 --modes fwd fwd-graph fwd+bwd-graph --out "$WORK/grid.json"
+        fi
+        ;;
+    compare)
+        OLD=(benchmarks/results/attention_gpu-H100-*.json)
+        if [ $DRY = 1 ]; then
+            step compare 60 run_compare "${OLD[0]}" "${OLD[@]}"
+        else
+            step compare 60 bash -c "run_compare '$WORK/headline.json' ${OLD[*]}; run_compare '$WORK/grid.json' ${OLD[*]}"
         fi
         ;;
     long)
