@@ -13,6 +13,13 @@ setup(
     + [EXAMPLES + name.removeprefix("examples") for name in examples],
     package_dir={EXAMPLES: "examples"},
     package_data={
-        "winattn": ["py.typed", "pretrained/*/*.pt", "pretrained/*/*.json", "pretrained/*/*.md"],
-        f"{EXAMPLES}.stf": ["assets/smoke/*.png"]},
+        "winattn": [
+            "py.typed",
+            "backends/triton/verified.json",
+            "pretrained/*/*.pt",
+            "pretrained/*/*.json",
+            "pretrained/*/*.md",
+        ],
+        f"{EXAMPLES}.stf": ["assets/smoke/*.png"],
+    },
 )

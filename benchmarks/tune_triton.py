@@ -2,15 +2,19 @@
 """Sweeps the Triton kernels' launch parameters at one shape and prints a table (GPU only).
 
 Forward: every (BLOCK_M, HEADS_PER_PROG, num_warps) on the raw kernel, plus the bias modes
-(table, dense, none) and no shift, each with the autotuned launcher. Backward: programs per
-multiprocessor and warps. Also the registers and spills of every compiled variant.
+(table, dense, none) and no shift, each with the autotuned launcher. Backward: query rows per
+block, warps and programs per multiprocessor, each against the backward's traffic floor (read
+qkv and dO, write dqkv, at the copy bandwidth measured here). Also the registers and spills
+of every compiled variant.
 
     python benchmarks/tune_triton.py --shape 8,128,128,4,8 --dtype bf16
+    python benchmarks/tune_triton.py --backward-only --json backward.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,7 +54,8 @@ def launcher(pb, out, scale, block_m: int, hpp: int, nw: int):
 
     def launch():
         kernels._fwd_kernel[grid](
-            pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale, 0, **pb.meta,
+            pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale, kernels.MASK_VALUE, 0,
+            **pb.meta,
             BLOCK_M=block_m, HEADS_PER_PROG=hpp, num_warps=nw, num_stages=1,
         )
 
@@ -61,7 +66,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="8,128,128,4,8", help="B,SIZE,C,HEADS,WINDOW")
     parser.add_argument("--dtype", default="bf16", choices=DTYPES)
+    parser.add_argument("--backward-only", action="store_true", help="skip the forward sweeps")
+    parser.add_argument("--json", type=Path, help="write the backward sweep here")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
     b, size, c, heads, ws = map(int, args.shape.split(","))
     dtype, dev = DTYPES[args.dtype], torch.device("cuda")
     sh = ws // 2
@@ -75,6 +84,17 @@ def main() -> None:
     nbytes = 4 * b * size * size * c * qkv.element_size()
     geo = ((ws, ws), (sh, sh))
     print(f"shape B{b} {size}x{size} C{c} heads {heads} window {ws} {args.dtype}; min fwd bytes {nbytes / 1e6:.1f} MB")
+
+    if not args.backward_only:
+        forward_sweep(qkv, table, dense, heads, geo, scale, nbytes, dtype, ws)
+    backward_sweep(args, qkv, table, dout, heads, geo, scale)
+    for line in compiled_variants(kernels._fwd_kernel) + compiled_variants(kernels._bwd_kernel):
+        print(line)
+
+
+def forward_sweep(qkv, table, dense, heads, geo, scale, nbytes, dtype, ws) -> None:
+    b, size = qkv.shape[0], qkv.shape[1]
+    c = qkv.shape[-1] // 3
 
     def fwd(t=table, d=None, g=geo):
         return kernels.forward(qkv, t, d, None, heads, *g, scale)
@@ -90,7 +110,7 @@ def main() -> None:
     print("autotuned:", {k: str(v) for k, v in kernels._fwd.cache.items()})
 
     pb = kernels._problem(qkv, table, None, None, heads, *geo)
-    out = torch.empty(b, size, size, c, device=dev, dtype=dtype)
+    out = torch.empty(b, size, size, c, device=qkv.device, dtype=dtype)
     rows = []
     for block_m in (32, 64):
         for hpp in (1, 2, 4):
@@ -102,18 +122,41 @@ def main() -> None:
     for ms, block_m, hpp, nw in sorted(rows):
         print(f"fwd BLOCK_M {block_m:3d} heads/prog {hpp} warps {nw}: {ms * 1e3:7.1f} us  {nbytes / ms / 1e6:6.0f} GB/s")
 
-    bwd_bytes = 7 * b * size * size * c * qkv.element_size()
-    for warps in (4, 8):
-        for per_sm in (4, 8, 16, 32):
-            kernels.BWD_PROGRAMS_PER_SM, kernels.BWD_NUM_WARPS = per_sm, warps
-            ms = bench(lambda: kernels.backward(dout, qkv, table, None, None, heads, *geo, scale, True, False))
-            ms_nb = bench(lambda: kernels.backward(dout, qkv, table, None, None, heads, *geo, scale, False, False))
-            print(
-                f"bwd warps {warps} programs/SM {per_sm:2d}: {ms * 1e3:7.1f} us "
-                f"({bwd_bytes / ms / 1e6:5.0f} GB/s), without bias grad {ms_nb * 1e3:7.1f} us"
-            )
-    for line in compiled_variants(kernels._fwd_kernel) + compiled_variants(kernels._bwd_kernel):
-        print(line)
+
+
+def backward_sweep(args, qkv, table, dout, heads, geo, scale) -> None:
+    from attention_gpu import peak_bandwidth
+
+    peak = peak_bandwidth(qkv.device)
+    bwd_bytes = 7 * qkv.numel() // 3 * qkv.element_size()  # read qkv, dO; write dqkv
+    floor_ms = bwd_bytes / peak * 1e3
+    print(f"bwd traffic floor {floor_ms * 1e3:.1f} us ({bwd_bytes / 1e6:.0f} MB at {peak / 1e12:.2f} TB/s)")
+    rows = []
+    for block_m in (None, 32, 16):
+        for warps in (4, 8):
+            for per_sm in (8, 16):
+                kernels.BWD_BLOCK_M, kernels.BWD_NUM_WARPS = block_m, warps
+                kernels.BWD_PROGRAMS_PER_SM = per_sm
+                ms = bench(lambda: kernels.backward(dout, qkv, table, None, None, heads, *geo, scale, True, False))
+                ms_nb = bench(lambda: kernels.backward(dout, qkv, table, None, None, heads, *geo, scale, False, False))
+                rows.append({
+                    "block_m": block_m or kernels.default_block_m(kernels.block_size(geo[0][0] * geo[0][1])),
+                    "warps": warps, "programs_per_sm": per_sm, "ms": ms, "ms_without_bias_grad": ms_nb,
+                    "over_floor": ms / floor_ms,
+                })
+                r = rows[-1]
+                print(
+                    f"bwd BLOCK_M {r['block_m']:3d} warps {warps} programs/SM {per_sm:2d}: {ms * 1e3:7.1f} us "
+                    f"({ms / floor_ms:.2f}x floor), without bias grad {ms_nb * 1e3:7.1f} us"
+                )
+    kernels.BWD_BLOCK_M = kernels.BWD_NUM_WARPS = None
+    kernels.BWD_PROGRAMS_PER_SM = 8
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": torch.cuda.get_device_name(), "shape": args.shape, "dtype": args.dtype,
+            "floor_ms": floor_ms, "peak_copy_bandwidth_TBps": peak / 1e12, "rows": rows,
+            "compiled": compiled_variants(kernels._bwd_kernel),
+        }, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ Where to run it:
   `tests/test_triton_interpreter.py` runs exactly that in a subprocess, so a plain `pytest`
   covers this file without putting the rest of the suite under the interpreter.
 * CUDA: the same tests run on the GPU (unless `TRITON_INTERPRET=1`), plus the `gpu`-marked
-  ones at full size, every dtype, window and head dim.
+  ones at full size: every dtype and window, a head dim of each kernel block size. The
+  `gpu_long`-marked ones add the other head dims (`-m "gpu or gpu_long"` runs everything).
+  With `WINATTN_TRITON_RECORD_OUT=path`, a CUDA run merges the configuration classes whose
+  cases all passed (and drops those with a failing case) into the verification record at
+  `path` (see `winattn/backends/triton/verification.py`); `benchmarks/gpu_session.sh` does this.
 
 Tolerances (flash-attention's rule): fp32 has a fixed `atol` with `rtol=0`; fp16 and bf16 may
 err against an fp32 reference at most twice as much as the reference itself run in that
@@ -19,13 +23,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from winattn.backends import AttentionCall, BackendUnavailableError, backend_reasons, select_backend
+from winattn.backends.triton import verification
 from winattn.functional import window_attention
 
 FP32_ATOL = 2e-5
@@ -44,6 +51,12 @@ class Case:
     batch: int = 1
     bias: str = "table"  # "table", "dense" or "none"
     pad: bool = True  # pass pad_qkv (else padding tokens are zeros)
+
+    @property
+    def config_class(self) -> verification.ConfigClass:
+        return verification.config_class(
+            self.dtype, self.head_dim, self.window, self.bias, self.shift, self.size, self.pad
+        )
 
     def __str__(self) -> str:
         wh, ww = self.window
@@ -75,7 +88,8 @@ INTERPRETER_CASES = [
     Case((7, 7), (0, 3), (9, 11), 16, torch.float32, bias="none", pad=False),
 ]
 
-# Full size on the GPU: every dtype and window (square or not), head dims 8 to 128.
+# Full size on the GPU: every dtype and window (square or not), head dims 8 to 128. The
+# `gpu` set has a head dim of each kernel block size (16, 32, 64, 128); `gpu_long` the rest.
 GPU_CASES = [
     Case((ws, wsw), (ws // 2, wsw // 2), (37, 45), d, dtype, heads=3, batch=2)
     for (ws, wsw), d in zip(
@@ -84,9 +98,11 @@ GPU_CASES = [
     )
     for dtype in (torch.float32, torch.float16, torch.bfloat16)
 ] + [
-    Case((8, 8), (4, 4), (64, 64), d, torch.bfloat16, heads=4, batch=4)
-    for d in (8, 16, 24, 40, 48, 64, 96, 128)
+    Case((8, 8), (4, 4), (64, 64), d, torch.bfloat16, heads=4, batch=4) for d in (16, 24, 48, 128)
 ] + [Case((8, 8), (0, 0), (64, 64), 32, torch.float16, heads=4, batch=8, bias="dense")]
+GPU_LONG_CASES = [
+    Case((8, 8), (4, 4), (64, 64), d, torch.bfloat16, heads=4, batch=4) for d in (8, 40, 64, 96)
+]
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +165,9 @@ def _run(case: Case, inputs: dict[str, torch.Tensor], dtype: torch.dtype, backen
 
 
 _RESULTS: dict[tuple[Case, str], tuple[dict, dict, dict]] = {}
+# Outcomes for the verification record: case -> {"forward" or "gradients": passed}.
+_OUTCOMES: dict[Case, dict[str, bool]] = {}
+RECORD_ENV = "WINATTN_TRITON_RECORD_OUT"
 
 
 def results(case: Case, device: torch.device) -> tuple[dict, dict, dict]:
@@ -165,6 +184,16 @@ def results(case: Case, device: torch.device) -> tuple[dict, dict, dict]:
 
 
 def assert_matches_reference(case: Case, device: torch.device, names: tuple[str, ...]) -> None:
+    part = "forward" if names == ("out",) else "gradients"
+    try:
+        _assert_matches_reference(case, device, names)
+    except BaseException:
+        _OUTCOMES.setdefault(case, {})[part] = False
+        raise
+    _OUTCOMES.setdefault(case, {})[part] = True
+
+
+def _assert_matches_reference(case: Case, device: torch.device, names: tuple[str, ...]) -> None:
     got, ref, ref_low = results(case, device)
     for name in names:
         if name not in ref:
@@ -178,6 +207,37 @@ def assert_matches_reference(case: Case, device: torch.device, names: tuple[str,
             ref_err = (ref_low[name].float() - ref[name]).abs().max().item()
             bound = 2 * ref_err + LOW_ATOL[case.dtype]
         assert err <= bound, f"{name}: max error {err:.3g} > {bound:.3g}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def verification_record():
+    """After the module, with `$WINATTN_TRITON_RECORD_OUT` set, writes its outcomes next to the
+    record (one part per pytest-xdist worker) and, outside xdist, merges them into it: a class
+    is verified when each of its cases passed forward and gradients, dropped when one failed.
+    Under the interpreter the device class is "interpreter" (which auto never uses)."""
+    yield
+    out = os.environ.get(RECORD_ENV)
+    if not out or not _OUTCOMES:
+        return
+    import triton
+
+    on_gpu = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    verification.write_part(
+        Path(out),
+        worker or "main",
+        device=verification.device_class(torch.device("cuda")) if on_gpu else "interpreter",
+        passed=[c.config_class for c, o in _OUTCOMES.items() if o == {"forward": True, "gradients": True}],
+        failed=[c.config_class for c, o in _OUTCOMES.items() if False in o.values()],
+        run={
+            "device": torch.cuda.get_device_name() if on_gpu else "Triton interpreter (CPU)",
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "command": " ".join(["pytest", *sys.argv[1:]]),
+        },
+    )
+    if worker is None:
+        verification.merge_parts(Path(out))
 
 
 @pytest.mark.parametrize("case", INTERPRETER_CASES, ids=str)
@@ -261,18 +321,72 @@ def test_auto_selection_skips_triton_on_cpu(device: torch.device) -> None:
     assert select_backend(_call(torch.device("cpu"))).name != "triton"
 
 
-@pytest.mark.gpu
-def test_auto_selection_picks_triton_on_cuda(cuda: torch.device) -> None:
-    assert select_backend(_call(cuda)).name == "triton"
+def _class_call(cls: verification.ConfigClass, device: torch.device) -> AttentionCall:
+    """A call of configuration class `cls`."""
+    (wh, ww), heads = cls.window, 2
+    padded = cls.padding != "none"
+    c3 = 3 * heads * cls.head_dim_block
+    dtype = getattr(torch, cls.dtype)
+    n = wh * ww
+    bias = {
+        "table": dict(bias_table=torch.zeros((2 * wh - 1) * (2 * ww - 1), heads, dtype=dtype, device=device)),
+        "dense": dict(bias=torch.zeros(heads, n, n, dtype=dtype, device=device)),
+        "none": {},
+    }[cls.bias]
+    qkv = torch.randn(1, 2 * wh + padded, 2 * ww + padded, c3, dtype=dtype, device=device)
+    pad = torch.zeros(c3, dtype=dtype, device=device) if cls.padding == "pad_qkv" else None
+    shift = (wh // 2, ww // 2) if cls.shifted else 0
+    kwargs = {"bias_table": None, "bias": None, **bias, "scale": None, "pad_qkv": pad, "dropout_p": 0.0}
+    return AttentionCall.build(qkv, num_heads=heads, window_size=cls.window, shift_size=shift, **kwargs)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+def test_auto_selection_picks_triton_for_every_verified_class_on_cuda(cuda: torch.device) -> None:
+    classes = verification.verified_classes().get(verification.device_class(cuda))
+    if not classes:
+        pytest.skip(f"no configuration class is verified on {verification.device_class(cuda)}")
+    for cls in sorted(classes):
+        call = _class_call(cls, cuda)
+        assert verification.call_class(call) == cls
+        assert select_backend(call, "auto").name == "triton", str(cls)
+
+
+@pytest.mark.gpu
+def test_auto_selection_passes_over_triton_for_an_unverified_class_on_cuda(cuda: torch.device) -> None:
+    cls = verification.ConfigClass("float32", 16, (5, 3), "none", False, "zeros")
+    assert cls not in verification.verified_classes().get(verification.device_class(cuda), ())
+    assert select_backend(_class_call(cls, cuda), "auto").name != "triton"
+
+
+def _full_size(cases: list[Case], long: list[Case]) -> list:
+    return [*cases, *(pytest.param(c, marks=pytest.mark.gpu_long) for c in long)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", _full_size(GPU_CASES, GPU_LONG_CASES), ids=str)
 def test_full_size_forward_matches_reference_on_gpu(case: Case, cuda: torch.device) -> None:
     assert_matches_reference(case, cuda, ("out",))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", GPU_CASES, ids=str)
+@pytest.mark.parametrize("case", _full_size(GPU_CASES, GPU_LONG_CASES), ids=str)
 def test_full_size_gradients_match_reference_on_gpu(case: Case, cuda: torch.device) -> None:
     assert_matches_reference(case, cuda, GRADS)
+
+
+def test_backward_with_smaller_query_blocks_matches_reference(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from winattn.backends.triton import kernels
+
+    case = Case((8, 8), (4, 4), (11, 13), 24, torch.float32, batch=2)
+    inputs = _inputs(case, device)
+    ref = _run(case, inputs, torch.float32, "reference")
+    monkeypatch.setattr(kernels, "BWD_BLOCK_M", 16)
+    first = _run(case, inputs, case.dtype, "triton")
+    second = _run(case, inputs, case.dtype, "triton")
+    for name in GRADS:
+        bound = FP32_ATOL * max(1.0, ref[name].abs().max().item())
+        assert (first[name] - ref[name]).abs().max().item() <= bound, name
+    for name in ("bias", "pad_qkv"):
+        assert torch.equal(first[name], second[name]), name

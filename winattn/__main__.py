@@ -90,6 +90,10 @@ def info() -> str:
         "backends that run here: "
         + ", ".join(f"{name} ({', '.join(on)})" for name, on in usable.items())
     )
+    from winattn.backends.triton import verification
+
+    lines += ["", "triton configurations verified per device class (auto picks only these):"]
+    lines += [f"  {line}" for line in verification.summary()]
     return "\n".join(lines)
 
 

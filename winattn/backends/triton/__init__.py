@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from winattn.backends.dispatcher import AttentionCall, Backend, register_backend
+from winattn.backends.triton import verification
 
 #: Largest window (tokens) and head dim that the kernels handle.
 MAX_TOKENS = 256
@@ -45,6 +46,8 @@ class TritonBackend(Backend):
 
     Supports fp32, fp16 and bf16, head dims up to 128, windows of up to 256 tokens (any
     shape, 7x7 included), any shift and any map size. Attention dropout is not supported.
+    Automatic selection picks it only for configurations in the verification record of the
+    device class (`verification.py`); `backend="triton"` runs any supported call.
 
     Example:
         >>> import winattn
@@ -97,9 +100,8 @@ class TritonBackend(Backend):
         return reasons
 
     def unverified_reasons(self, call: AttentionCall) -> list[str]:
-        if call.qkv.device.type != "cuda":
-            return ["automatic selection uses triton on CUDA only (the CPU path is the interpreter)"]
-        return []
+        # Only configuration classes that the GPU test run recorded for this device class.
+        return verification.unverified_reasons(call)
 
     def forward(self, call: AttentionCall) -> Tensor:
         from winattn.backends.triton.ops import triton_window_attention

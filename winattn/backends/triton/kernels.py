@@ -34,7 +34,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from winattn.geometry import MASK_VALUE
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+#: `WINATTN_TRITON_CONFIGS=few` autotunes the forward over two configurations instead of the
+#: full list (read when this module is imported): the GPU test run uses it to stay short.
+CONFIGS_ENV = "WINATTN_TRITON_CONFIGS"
 
 # Bias modes of the kernels (constexpr): no bias, gathered from the table, dense (heads, N, N).
 NO_BIAS, TABLE_BIAS, DENSE_BIAS = 0, 1, 2
@@ -49,11 +55,12 @@ _UPCAST_DOT = tl.constexpr(INTERPRET)
 
 
 def _fwd_configs() -> list[triton.Config]:
+    few = os.environ.get(CONFIGS_ENV, "all") == "few"
     return [
         triton.Config({"BLOCK_M": bm, "HEADS_PER_PROG": hp}, num_warps=nw, num_stages=1)
-        for bm in (16, 32, 64, 128)
-        for nw in (2, 4, 8)
-        for hp in (1, 2)
+        for bm in ((32, 64) if few else (16, 32, 64, 128))
+        for nw in ((4,) if few else (2, 4, 8))
+        for hp in ((1,) if few else (1, 2))
     ]
 
 
@@ -149,12 +156,13 @@ def _load_part(
 
 @triton.jit
 def _logits(
-    q, k, TABLE, BIAS, head, scale,
+    q, k, TABLE, BIAS, head, scale, mask_value,
     offs_m, i_q, j_q, valid_q, region_q, offs_n, i_k, j_k, valid_k, region_k,
     HEADS: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     BIAS_MODE: tl.constexpr, SHIFTED: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Logits `(q * scale) k^T + bias + shift mask` in fp32, `-inf` at slots past N."""
+    """Logits `(q * scale) k^T + bias + shift mask` in fp32, `-inf` at slots past N. Pairs
+    in different shift bands get `mask_value` (the library's `MASK_VALUE`)."""
     s = _dot(q, tl.trans(k), DOT_PRECISION) * scale
     pair_ok = valid_q[:, None] & valid_k[None, :]
     if BIAS_MODE == 1:
@@ -169,7 +177,7 @@ def _logits(
         bias = tl.load(BIAS + head * n * n + offs_m[:, None] * n + offs_n[None, :], mask=pair_ok, other=0.0)
         s += bias.to(q.dtype).to(tl.float32)
     if SHIFTED:
-        s += tl.where(region_q[:, None] != region_k[None, :], -100.0, 0.0)
+        s += tl.where(region_q[:, None] != region_k[None, :], mask_value, 0.0)
     return tl.where(valid_k[None, :], s, float("-inf"))
 
 
@@ -187,7 +195,7 @@ def _softmax(s):
 @triton.jit
 def _fwd_kernel(
     QKV, PAD, TABLE, BIAS, OUT,
-    H, W, Hp, Wp, sh, sw, n_win_w, n_win, scale, size_class,
+    H, W, Hp, Wp, sh, sw, n_win_w, n_win, scale, mask_value, size_class,
     HEADS: tl.constexpr, D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     BIAS_MODE: tl.constexpr, SHIFTED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -220,7 +228,7 @@ def _fwd_kernel(
         v = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D)
         q = _load_part(base, PAD, token_q, inside_q, pad_q, offs_d, head, 0, HEADS, D)
         s = _logits(
-            q, k, TABLE, BIAS, head, scale,
+            q, k, TABLE, BIAS, head, scale, mask_value,
             offs_m, i_q, j_q, valid_q, region_q, offs_n, i_k, j_k, valid_k, region_k,
             HEADS, WH, WW, BIAS_MODE, SHIFTED, DOT_PRECISION,
         )
@@ -245,9 +253,25 @@ else:
 
 
 @triton.jit
+def _store_grad(
+    dbase, grad, dpad, token, inside, is_pad, offs_d, head,
+    PART: tl.constexpr, HEADS: tl.constexpr, D: tl.constexpr, PAD_GRAD: tl.constexpr,
+):
+    """Stores the k or v (`PART` 1, 2) gradient of one head, `(BLOCK_N, BLOCK_D)` fp32, at its
+    map tokens; returns `dpad` plus its padding slots' sum when `PAD_GRAD`."""
+    C: tl.constexpr = HEADS * D
+    d_ok = offs_d < D
+    ptrs = dbase + token[:, None] * (3 * C) + PART * C + head * D + offs_d[None, :]
+    tl.store(ptrs, grad.to(dbase.dtype.element_ty), mask=inside[:, None] & d_ok[None, :])
+    if PAD_GRAD:
+        dpad += tl.sum(tl.where(is_pad[:, None], grad, 0.0), 0)
+    return dpad
+
+
+@triton.jit
 def _bwd_kernel(
     QKV, PAD, TABLE, BIAS, DOUT, DQKV, DPAD_PART, DBIAS_PART,
-    H, W, Hp, Wp, sh, sw, n_win_w, n_win, n_total, n_groups, scale,
+    H, W, Hp, Wp, sh, sw, n_win_w, n_win, n_total, n_groups, scale, mask_value,
     HEADS: tl.constexpr, D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
     BIAS_MODE: tl.constexpr, SHIFTED: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BIAS_GRAD: tl.constexpr, PAD_GRAD: tl.constexpr,
@@ -264,7 +288,8 @@ def _bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < D
     offs_n = tl.arange(0, BLOCK_N)
-    dbias_row = (group * HEADS + head).to(tl.int64) * N * N  # this program's slice
+    # This program's slice: N*N values and a spare zero that the table reduction gathers.
+    dbias_row = (group * HEADS + head).to(tl.int64) * (N * N + 1)
     dbias_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     dpad_k = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dpad_v = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -281,8 +306,9 @@ def _bwd_kernel(
         )
         k = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 1, HEADS, D)
         v = _load_part(base, PAD, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D)
-        dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        if NUM_QB > 1:
+            dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+            dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
 
         for qb in tl.static_range(NUM_QB):
             offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -294,15 +320,30 @@ def _bwd_kernel(
             o_mask = inside_q[:, None] & d_ok[None, :]
             do = tl.load(obase + token_q[:, None] * C + head * D + offs_d[None, :], mask=o_mask, other=0.0)
             s = _logits(
-                q, k, TABLE, BIAS, head, scale,
+                q, k, TABLE, BIAS, head, scale, mask_value,
                 offs_m, i_q, j_q, valid_q, region_q, offs_n, i_k, j_k, valid_k, region_k,
                 HEADS, WH, WW, BIAS_MODE, SHIFTED, DOT_PRECISION,
             )
             p = _softmax(s)
+            dv_part = _dot(tl.trans(p.to(do.dtype)), do, DOT_PRECISION)
+            if NUM_QB == 1:
+                # One query block: dV is final; storing it now keeps one fp32 tile fewer live.
+                dpad_v = _store_grad(
+                    dbase, dv_part, dpad_v, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D,
+                    PAD_GRAD,
+                )
+            else:
+                dv += dv_part
             dp = _dot(do, tl.trans(v), DOT_PRECISION)
             ds = p * (dp - tl.sum(p * dp, 1)[:, None])  # d loss / d logits, (BLOCK_M, BLOCK_N)
-            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_PRECISION)
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_PRECISION)
+            dk_part = _dot(tl.trans(ds.to(q.dtype)), q, DOT_PRECISION)
+            if NUM_QB == 1:
+                dpad_k = _store_grad(
+                    dbase, dk_part * scale, dpad_k, token_k, inside_k, pad_k, offs_d, head, 1,
+                    HEADS, D, PAD_GRAD,
+                )
+            else:
+                dk += dk_part
             dq = _dot(ds.to(k.dtype), k, DOT_PRECISION) * scale
             tl.store(
                 dbase + token_q[:, None] * (3 * C) + head * D + offs_d[None, :],
@@ -319,14 +360,14 @@ def _bwd_kernel(
                     tl.store(ptrs, tl.load(ptrs, mask=pair_ok, other=0.0) + ds, mask=pair_ok)
                     tl.debug_barrier()
 
-        dk = dk * scale
-        kv_mask = inside_k[:, None] & d_ok[None, :]
-        kv_ptrs = dbase + token_k[:, None] * (3 * C) + head * D + offs_d[None, :]
-        tl.store(kv_ptrs + C, dk.to(DQKV.dtype.element_ty), mask=kv_mask)
-        tl.store(kv_ptrs + 2 * C, dv.to(DQKV.dtype.element_ty), mask=kv_mask)
-        if PAD_GRAD:
-            dpad_k += tl.sum(tl.where(pad_k[:, None], dk, 0.0), 0)
-            dpad_v += tl.sum(tl.where(pad_k[:, None], dv, 0.0), 0)
+        if NUM_QB > 1:
+            dpad_k = _store_grad(
+                dbase, dk * scale, dpad_k, token_k, inside_k, pad_k, offs_d, head, 1, HEADS, D,
+                PAD_GRAD,
+            )
+            dpad_v = _store_grad(
+                dbase, dv, dpad_v, token_k, inside_k, pad_k, offs_d, head, 2, HEADS, D, PAD_GRAD
+            )
 
     if PAD_GRAD:
         # The q part stays zero: padding queries have no output.
@@ -363,6 +404,28 @@ class _Problem:
         return tuple(self.qkv.shape)
 
 
+@functools.lru_cache(maxsize=256)
+def _plan(
+    shape: tuple[int, int, int, int],
+    fp32: bool,
+    num_heads: int,
+    window: tuple[int, int],
+    shift: tuple[int, int],
+    mode: int,
+) -> tuple[int, tuple, dict]:
+    # The per-shape part of a launch, computed once: (windows per image, geometry, meta).
+    b, h, w, c3 = shape
+    (wh, ww), (sh, sw) = window, shift
+    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+    n_win = (hp // wh) * (wp // ww)
+    meta = dict(
+        HEADS=num_heads, D=c3 // 3 // num_heads, WH=wh, WW=ww, BIAS_MODE=mode,
+        SHIFTED=bool(sh or sw), DOT_PRECISION="ieee" if fp32 else "tf32",
+        BLOCK_N=block_size(wh * ww), BLOCK_D=block_size(c3 // 3 // num_heads),
+    )
+    return n_win, (h, w, hp, wp, sh, sw, wp // ww, n_win), meta
+
+
 def _problem(
     qkv: Tensor,
     bias_table: Tensor | None,
@@ -373,25 +436,19 @@ def _problem(
     shift: tuple[int, int],
 ) -> _Problem:
     qkv = qkv.contiguous()
-    b, h, w, c3 = qkv.shape
-    (wh, ww), (sh, sw) = window, shift
-    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
-    n_win = (hp // wh) * (wp // ww)
     mode = TABLE_BIAS if bias_table is not None else DENSE_BIAS if bias is not None else NO_BIAS
+    n_win, geometry, meta = _plan(
+        tuple(qkv.shape), qkv.dtype == torch.float32, num_heads, tuple(window), tuple(shift), mode
+    )
     return _Problem(
         qkv=qkv,
         pad=None if pad_qkv is None else pad_qkv.to(qkv.dtype).contiguous(),
         table=None if bias_table is None else bias_table.contiguous(),
         dense=None if bias is None else bias.contiguous(),
-        batch=b,
+        batch=qkv.shape[0],
         windows=n_win,
-        geometry=(h, w, hp, wp, sh, sw, wp // ww, n_win),
-        meta=dict(
-            HEADS=num_heads, D=c3 // 3 // num_heads, WH=wh, WW=ww, BIAS_MODE=mode,
-            SHIFTED=bool(sh or sw),
-            DOT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-            BLOCK_N=block_size(wh * ww), BLOCK_D=block_size(c3 // 3 // num_heads),
-        ),
+        geometry=geometry,
+        meta=meta,
     )
 
 
@@ -410,7 +467,7 @@ def forward(
     b, h, w, c3 = pb.shape
     out = pb.qkv.new_empty(b, h, w, c3 // 3)
     size_class = (b * pb.windows).bit_length()
-    args = (pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale, size_class)
+    args = (pb.qkv, pb.pad, pb.table, pb.dense, out, *pb.geometry, scale, MASK_VALUE, size_class)
     block_n = pb.meta["BLOCK_N"]
     if INTERPRET:
         block_m, per_prog = default_block_m(block_n), 1 if num_heads % 2 else 2
@@ -424,10 +481,14 @@ def forward(
     return out
 
 
-# Backward launch shape: programs per multiprocessor (all heads together) and warps per
-# program (None: by block size). Module constants so that benchmarks/tune_triton.py can sweep them.
+# Backward launch shape: programs per multiprocessor (all heads together), warps per program
+# (None: by block size) and query rows per block (None: `default_block_m`). Rows fewer than the
+# window's slots cut the live fp32 tiles (logits, dP, dS) by the same factor; the bias gradient
+# then accumulates in the program's own slice of the partial buffer instead of registers.
+# Module constants so that benchmarks/tune_triton.py can sweep them.
 BWD_PROGRAMS_PER_SM = 8
 BWD_NUM_WARPS: int | None = None
+BWD_BLOCK_M: int | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -448,7 +509,7 @@ def backward_groups(n_windows: int, num_heads: int, n: int, device: torch.device
 def _bwd_config(block_n: int, block_d: int) -> tuple[int, int]:
     """(BLOCK_M, num_warps) of the backward kernel, fixed per shape (no autotuning, so that the
     results do not depend on timing)."""
-    block_m = default_block_m(block_n)
+    block_m = min(BWD_BLOCK_M, block_n) if BWD_BLOCK_M else default_block_m(block_n)
     if BWD_NUM_WARPS:
         return block_m, BWD_NUM_WARPS
     return block_m, 4 if block_m * max(block_n, block_d) <= 64 * 64 else 8
@@ -474,12 +535,11 @@ def _table_gather(window: tuple[int, int], device: torch.device) -> Tensor:
     return gather.to(device)
 
 
-def table_grad_from_dense(dense: Tensor, window: tuple[int, int]) -> Tensor:
-    """`(heads, N, N)` gradient of the dense bias -> `((2Wh-1)(2Ww-1), heads)` of the table."""
-    heads = dense.shape[0]
-    flat = torch.cat([dense.reshape(heads, -1), dense.new_zeros(heads, 1)], dim=1)  # (heads, N*N+1)
-    gather = _table_gather(window, dense.device)  # (T, N)
-    return flat[:, gather].sum(-1).t().contiguous()  # (T, heads)
+def table_grad_from_dense(flat: Tensor, window: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """`(heads, N*N + 1)` gradient of the dense bias, flattened with a trailing zero ->
+    `((2Wh-1)(2Ww-1), heads)` gradient of the table in `dtype`."""
+    gather = _table_gather(window, flat.device)  # (T, N)
+    return flat[:, gather].sum(-1).t().contiguous().to(dtype)
 
 
 def backward(
@@ -513,19 +573,19 @@ def backward(
     dqkv = torch.empty_like(pb.qkv)
     f32 = dict(dtype=torch.float32, device=qkv.device)
     dpad_part = torch.zeros(groups, c3, **f32) if pad_grad else None
-    dbias_part = torch.zeros(groups, num_heads, n, n, **f32) if bias_grad else None
+    dbias_part = torch.zeros(groups, num_heads, n * n + 1, **f32) if bias_grad else None
     _bwd_kernel[(groups, num_heads)](
         pb.qkv, pb.pad, pb.table, pb.dense, dout.contiguous(), dqkv, dpad_part, dbias_part,
-        *pb.geometry, b * pb.windows, groups, scale,
+        *pb.geometry, b * pb.windows, groups, scale, MASK_VALUE,
         **pb.meta, BIAS_GRAD=bias_grad, PAD_GRAD=pad_grad, BLOCK_M=block_m, num_warps=num_warps,
     )
     dbias = None
     if bias_grad:
-        dense_grad = dbias_part.sum(0)  # (heads, N, N)
+        flat = dbias_part.sum(0)  # (heads, N*N + 1), the last column zero
         if mode == TABLE_BIAS:
-            dbias = table_grad_from_dense(dense_grad, window).to(bias_table.dtype)
+            dbias = table_grad_from_dense(flat, window, bias_table.dtype)
         else:
-            dbias = dense_grad.to(bias.dtype)
+            dbias = flat[:, : n * n].reshape(num_heads, n, n).contiguous().to(bias.dtype)
     dpad = None
     if pad_grad:
         dpad = dpad_part.sum(0).to(pad_qkv.dtype if pad_qkv is not None else qkv.dtype)

@@ -91,10 +91,16 @@ class TritonWindowAttention(torch.autograd.Function):
     def backward(ctx, dout):
         qkv, bias_table, bias, pad_qkv = ctx.saved_tensors
         need_qkv, need_table, need_bias, need_pad = ctx.needs_input_grad[:4]
-        dqkv, dbias, dpad = window_attention_backward_op(
-            dout, qkv, bias_table, bias, pad_qkv, *ctx.geometry,
-            need_table or need_bias, need_pad,
-        )
+        args = (dout, qkv, bias_table, bias, pad_qkv)
+        if torch.compiler.is_compiling():
+            dqkv, dbias, dpad = window_attention_backward_op(
+                *args, *ctx.geometry, need_table or need_bias, need_pad
+            )
+        else:  # eager: straight to the launcher, as in forward
+            num_heads, wh, ww, sh, sw, scale = ctx.geometry
+            dqkv, dbias, dpad = kernels.backward(
+                *args, num_heads, (wh, ww), (sh, sw), scale, need_table or need_bias, need_pad
+            )
         return (
             dqkv if need_qkv else None,
             dbias if need_table else None,
