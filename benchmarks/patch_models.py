@@ -278,6 +278,30 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
 
 
+def markdown(document: dict[str, Any]) -> str:
+    """The docs table of a `transforms` result: per model and size, what was swapped at which
+    level, and the median time of each transform before -> after (ratio)."""
+    rows = ["| model | swapped (level, host: count, window/shift) | size | " + " | ".join(TRANSFORMS) + " |"]
+    rows.append("|---|---|---|" + "---|" * len(TRANSFORMS))
+    by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in document["results"]:
+        by_key.setdefault((r["model"], r["size"]), {})[r["what"]] = r
+    for (model, size), cells in by_key.items():
+        groups: dict[tuple[str, str], set[str]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        for e in document["swaps"][model]:
+            key = (e["level"], e["host"].rsplit(".", 1)[-1])
+            groups.setdefault(key, set()).add(f"{e['window'][0]}/{e['shift'][0]}")
+            counts[key] = counts.get(key, 0) + 1
+        swapped = "<br>".join(f"{level}, `{host}`: {counts[(level, host)]}, {' '.join(sorted(ws))}" for (level, host), ws in groups.items())
+        times = [
+            f"{c['unpatched']['median_ms']:.0f} → {c['patched']['median_ms']:.0f} ms ({c['ratio_median']:.2f}x)" if (c := cells.get(t)) else "–"
+            for t in TRANSFORMS
+        ]
+        rows.append(f"| {model} | {swapped} | {size} | " + " | ".join(times) + " |")
+    return "\n".join(rows)
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -303,7 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test: one small size, batch 1, 2 rounds")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/patch_models_<device>_<date>.json)")
     parser.add_argument("--no-json", action="store_true", help="print only")
+    parser.add_argument("--markdown", metavar="JSON", help="print the docs table of a transforms result and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text(encoding="utf-8"))))
+        return 0
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -316,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
+    log(f"winattn {getattr(winattn, '__version__', '?')} from {Path(winattn.__file__).parent}")
     info = machine(device)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     if section == "transforms":
