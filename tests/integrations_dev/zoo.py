@@ -95,7 +95,13 @@ ZOO: dict[str, ZooModel] = {
             },
             "refuse",
         ),
-        ZooModel("mlic", "compressai.models.mlic:MLIC", {"N": 32, "M": 32, "slice_num": 4}, "refuse"),
+        ZooModel(
+            "mlic",
+            "compressai.models.mlic:MLIC",
+            {"N": 32, "M": 32, "slice_num": 4},
+            "refuse",
+            ("_MlicIntraWrapper", "VanillaGlobalIntraContext"),  # quadratic global intra context
+        ),
         ZooModel(
             "mlicplus",
             "compressai.models.mlic:MLICPlus",
