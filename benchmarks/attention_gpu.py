@@ -86,7 +86,7 @@ DEFAULT_SHAPES = [
     Shape(8, 64, 320, 8, 4),
     Shape(8, 256, 128, 4, 8),
 ]
-#: The issue's grid: B in {1, 8}, maps 32..256, C in {128, 192, 320} (window 8 for 128 and 192,
+#: The benchmark grid: B in {1, 8}, maps 32..256, C in {128, 192, 320} (window 8 for 128 and 192,
 #: 4 for 320), and window 4 at C=128.
 GRID_SHAPES = [
     Shape(b, s, c, *_codec(c))
@@ -281,7 +281,7 @@ def max_error(fn, ref_fn, inputs: dict[str, Tensor]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", action="store_true", help="the issue's full shape grid")
+    parser.add_argument("--grid", action="store_true", help="the full shape grid")
     parser.add_argument(
         "--shape", action="append", default=None, metavar="B,SIZE,C,HEADS,WINDOW",
         help="a shape to run instead of the defaults (repeatable)",
