@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""patch_model on every CompressAI architecture the issue lists: training, update, bitstreams,
+"""patch_model on every CompressAI 1.2.8 image architecture: training, update, bitstreams,
 checkpoints, and bad input. Models are tiny (N=32) and images 64x64 so the file runs in CI."""
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def _size(window: int, padded: bool) -> tuple[int, int]:
     return (window + 3, 2 * window - 3) if padded else (window, 2 * window)
 
 
-# The interpreter grid: windows 4, 7, 8; head dims 16, 24; shift or not; padded or
+# The interpreter grid: windows 4, 7, 8; head dims 16, 24; shift or not; padded or
 # not; fp32 and bf16 (48 cases), plus a window of 144 tokens (several query blocks per
 # window), a non-square window, a batch, a dense bias, no bias and zero padding.
 INTERPRETER_CASES = [

@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data"
 CC_TINY = (32, 32, 32, 32)
 STF_TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2), "num_slices": 4, "cc_hidden": CC_TINY}
 CNN_TINY = {"N": 16, "M": 24, "num_slices": 3, "num_heads": 2, "cc_hidden": CC_TINY}
-# (B, H, W): sizes of the issue; none but 64x64 and 512x768 is a multiple of 64
+# (B, H, W): sizes tested; none but 64x64 and 512x768 is a multiple of 64
 SIZES = [(1, 64, 64), (1, 240, 240), (1, 250, 250), (2, 96, 160), (1, 512, 768)]
 
 
