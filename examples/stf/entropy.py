@@ -16,6 +16,11 @@ equals the eval-mode `forward(x)["x_hat"].clamp(0, 1)` exactly.
 Outside training the loop runs image by image: the convolutions' rounding can depend on the
 batch size, and the entropy coder's indexes come from those convolutions, so a stream must be
 decoded with exactly the numbers it was encoded with, whichever images shared its batch.
+
+Every map between the latent and the bits is kept channels-last (`torch.channels_last`, NCHW
+shape with the channels innermost in memory): the CPU convolutions run faster in that layout,
+and a conv's rounding depends on the memory format of its input, so `forward`, `compress` and
+`decompress` all convert the same tensors at the same places (`channels_last`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["ChannelARCodec", "hyper_widths"]
+__all__ = ["ChannelARCodec", "channels_last", "hyper_widths"]
 
 #: CompressAI's default likelihood lower bound, used by both entropy models here.
 _LIKELIHOOD_BOUND = 1e-9
@@ -43,6 +48,15 @@ SliceStep = Callable[[int, Tensor, Tensor, slice], Tensor]
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """`x` (a 4-D map) in the channels-last memory format; `x` itself when it already is.
+
+    Shapes:
+        x: `(B, C, H, W)` -> `(B, C, H, W)`, strides `(H*W*C, 1, W*C, C)`.
+    """
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def hyper_widths(latent_channels: int, hyper_channels: int) -> list[int]:
@@ -230,20 +244,23 @@ class ChannelARCodec(CompressionModel):
         return self._slices(z_hat, y_size, step, slice(0, z_hat.shape[0]))
 
     def _slices(self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, rows: slice) -> Tensor:
+        # every conv input is made channels-last here, whatever layout the caller's tensors
+        # had, so that the three drivers round identically (see the module docstring)
         h, w = y_size
-        latent_means = self.h_mean_s(z_hat)[:, :, :h, :w]  # (b, M, h, w)
-        latent_scales = self.h_scale_s(z_hat)[:, :, :h, :w]  # (b, M, h, w)
+        z_hat = channels_last(z_hat)
+        latent_means = channels_last(self.h_mean_s(z_hat)[:, :, :h, :w])  # (b, M, h, w)
+        latent_scales = channels_last(self.h_scale_s(z_hat)[:, :, :h, :w])  # (b, M, h, w)
         y_hat_slices: list[Tensor] = []
         for i in range(self.num_slices):
             k = self.max_support_slices
             support = y_hat_slices if k < 0 else y_hat_slices[:k]
-            mean_support = torch.cat([latent_means, *support], dim=1)
+            mean_support = channels_last(torch.cat([latent_means, *support], dim=1))
             mu = self.cc_mean_transforms[i](mean_support)
-            scale = self.cc_scale_transforms[i](torch.cat([latent_scales, *support], dim=1))
-            y_hat_slice = step(i, mu, scale, rows)
-            lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
+            scale = self.cc_scale_transforms[i](channels_last(torch.cat([latent_scales, *support], dim=1)))
+            y_hat_slice = channels_last(step(i, mu, scale, rows))
+            lrp = self.lrp_transforms[i](channels_last(torch.cat([mean_support, y_hat_slice], dim=1)))
             y_hat_slices.append(y_hat_slice + 0.5 * torch.tanh(lrp))
-        return torch.cat(y_hat_slices, dim=1)
+        return channels_last(torch.cat(y_hat_slices, dim=1))
 
     # -- CompressAI interface ------------------------------------------------------------------
 
@@ -263,12 +280,12 @@ class ChannelARCodec(CompressionModel):
         """
         self._check_image(x)
         height, width = x.shape[-2:]
-        # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
-        y = self.analysis(x).contiguous()
+        # one memory format for y in forward and compress: the convs' rounding depends on it
+        y = channels_last(self.analysis(x))
         z = self.h_a(y)
         z_likelihoods = _likelihoods_fp32(self.entropy_bottleneck, z)
         z_offset = self.entropy_bottleneck._get_medians()
-        z_hat = (quantize_ste(z - z_offset) + z_offset).contiguous()
+        z_hat = quantize_ste(z - z_offset) + z_offset
 
         y_slices = y.chunk(self.num_slices, dim=1)
         y_likelihoods: list[list[Tensor]] = [[] for _ in range(self.num_slices)]
@@ -279,7 +296,7 @@ class ChannelARCodec(CompressionModel):
             return quantize_ste(y_i - mu) + mu
 
         y_hat = self._decode_slices(z_hat, y.shape[-2:], step, per_image=not self.training)
-        x_hat = self.synthesis(y_hat)[:, :, :height, :width]
+        x_hat = self.synthesis(y_hat)[:, :, :height, :width].contiguous()  # (B, 3, H, W)
         y_lik = torch.cat([torch.cat(parts, dim=0) for parts in y_likelihoods], dim=1)
         return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_likelihoods}}
 
@@ -311,8 +328,8 @@ class ChannelARCodec(CompressionModel):
         self._check_image(x)
         cdf, cdf_lengths, offsets = self._coder_tables()
         height, width = x.shape[-2:]
-        # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
-        y = self.analysis(x).contiguous()
+        # one memory format for y in forward and compress: the convs' rounding depends on it
+        y = channels_last(self.analysis(x))
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
@@ -378,7 +395,7 @@ class ChannelARCodec(CompressionModel):
             return q + mu
 
         y_hat = self._decode_slices(z_hat, y_size, step, per_image=True)
-        x_hat = self.synthesis(y_hat)[:, :, :height, :width]
+        x_hat = self.synthesis(y_hat)[:, :, :height, :width].contiguous()  # (B, 3, H, W)
         return {"x_hat": x_hat.clamp(0, 1)}
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:
