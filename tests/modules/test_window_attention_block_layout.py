@@ -47,3 +47,12 @@ def test_attention_reads_a_channels_last_input_in_place():
         block(x)
     (attn_input,) = seen  # (B, H, W, C)
     assert attn_input.is_contiguous() and attn_input.data_ptr() == x.data_ptr()
+
+
+@given(problem=problems())
+def test_contiguous_input_gives_a_contiguous_output(problem):
+    block = _block(problem)
+    x = torch.randn(problem.batch, block.dim, problem.height, problem.width)  # (B, C, H, W)
+    with torch.no_grad():
+        out = block(x)
+    assert out.is_contiguous()
