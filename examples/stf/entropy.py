@@ -30,14 +30,12 @@ from collections.abc import Callable, Sequence
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
-from compressai.layers import conv3x3, subpel_conv3x3
 from compressai.models import CompressionModel
-from compressai.models.utils import conv
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["ChannelARCodec", "channels_last", "hyper_widths"]
+__all__ = ["ChannelARCodec", "OneDNNConv2d", "channels_last", "hyper_widths"]
 
 #: CompressAI's default likelihood lower bound, used by both entropy models here.
 _LIKELIHOOD_BOUND = 1e-9
@@ -59,6 +57,49 @@ def channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+class OneDNNConv2d(nn.Conv2d):
+    """`nn.Conv2d` that sends every fp32 CPU batch to oneDNN's convolution.
+
+    For a 3x3 convolution of one small map (at most 20480 input elements) PyTorch picks its
+    slow reference kernel (`_slow_conv2d_forward`, im2col and a GEMM) over oneDNN. In the
+    entropy model those are the hyper-synthesis convolutions on the hyper-latent (1/64 of the
+    image) and, on small images, the slice transforms; oneDNN is faster on them too. Other
+    inputs (other dtypes or devices, autocast, `torch.compile`) take `nn.Conv2d`'s own route.
+    Parameters and state-dict names are those of `nn.Conv2d`.
+
+    Shapes:
+        x: `(B, C_in, H, W)` -> `(B, C_out, H', W')`, in the memory format of `x`.
+
+    Example:
+        >>> conv = OneDNNConv2d(16, 8, kernel_size=3, padding=1)
+        >>> conv(torch.randn(1, 16, 4, 6)).shape
+        torch.Size([1, 8, 4, 6])
+    """
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype == weight.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        ):
+            return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> OneDNNConv2d:
+    return OneDNNConv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+
+
+def _subpel_conv3x3(in_channels: int, out_channels: int, r: int) -> nn.Sequential:
+    # a 3x3 conv to r*r times the channels, then pixel shuffle (CompressAI's subpel_conv3x3)
+    return nn.Sequential(_conv3x3(in_channels, out_channels * r**2), nn.PixelShuffle(r))
+
+
 def hyper_widths(latent_channels: int, hyper_channels: int) -> list[int]:
     """Channel widths of the hyper-analysis, from the latent down to the hyper-latent in four
     equal steps (as in both official models: 384 -> 192 and 320 -> 192).
@@ -74,30 +115,30 @@ def hyper_widths(latent_channels: int, hyper_channels: int) -> list[int]:
 def _hyper_analysis(chain: Sequence[int]) -> nn.Sequential:
     c = chain
     return nn.Sequential(
-        conv3x3(c[0], c[1]),
+        _conv3x3(c[0], c[1]),
         nn.GELU(),
-        conv3x3(c[1], c[2]),
+        _conv3x3(c[1], c[2]),
         nn.GELU(),
-        conv3x3(c[2], c[3], stride=2),
+        _conv3x3(c[2], c[3], stride=2),
         nn.GELU(),
-        conv3x3(c[3], c[4]),
+        _conv3x3(c[3], c[4]),
         nn.GELU(),
-        conv3x3(c[4], c[5], stride=2),
+        _conv3x3(c[4], c[5], stride=2),
     )
 
 
 def _hyper_synthesis(chain: Sequence[int]) -> nn.Sequential:
     c = chain
     return nn.Sequential(
-        conv3x3(c[0], c[1]),
+        _conv3x3(c[0], c[1]),
         nn.GELU(),
-        subpel_conv3x3(c[1], c[2], 2),
+        _subpel_conv3x3(c[1], c[2], 2),
         nn.GELU(),
-        conv3x3(c[2], c[3]),
+        _conv3x3(c[2], c[3]),
         nn.GELU(),
-        subpel_conv3x3(c[3], c[4], 2),
+        _subpel_conv3x3(c[3], c[4], 2),
         nn.GELU(),
-        conv3x3(c[4], c[5]),
+        _conv3x3(c[4], c[5]),
     )
 
 
@@ -105,7 +146,7 @@ def _slice_transform(in_channels: int, hidden: Sequence[int], out_channels: int)
     widths = [in_channels, *hidden, out_channels]
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [conv(a, b, kernel_size=3, stride=1), nn.GELU()]
+        layers += [_conv3x3(a, b), nn.GELU()]
     return nn.Sequential(*layers[:-1])
 
 

@@ -191,6 +191,9 @@ class SymmetricalTransFormer(ChannelARCodec):
             cc_hidden,
             hyper_synthesis_chain=[*widths[::-1], latent_channels],
         )
+        # conv weights in the layout the convs run in (see examples.stf.entropy), so that
+        # no call has to copy them
+        self.to(memory_format=torch.channels_last)
 
     @property
     def use_checkpoint(self) -> bool:
@@ -301,6 +304,9 @@ class WACNN(ChannelARCodec):
             cc_hidden,
             hyper_synthesis_chain=[N, *widths[::-1]],
         )
+        # conv weights in the layout the convs run in (see examples.stf.entropy), so that
+        # no call has to copy them
+        self.to(memory_format=torch.channels_last)
 
     def _run(self, transform: nn.Sequential, x: Tensor) -> Tensor:
         enabled = self.use_checkpoint and self.training
