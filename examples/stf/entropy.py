@@ -264,8 +264,8 @@ class ChannelARCodec(CompressionModel):
     # -- the slice loop ------------------------------------------------------------------------
 
     def _decode_slices(
-        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, per_image: bool
-    ) -> Tensor:
+        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, per_image: bool, latent: bool = True
+    ) -> Tensor | None:
         """Runs the channel-wise autoregression; `step` quantises (or decodes) each slice.
 
         Args:
@@ -274,17 +274,25 @@ class ChannelARCodec(CompressionModel):
             step: `step(i, mu, scale, rows) -> y_hat_i`, all `(b, M / num_slices, h, w)` for
                 the batch rows `rows` (all of them, or one image with `per_image`).
             per_image: run each image on its own (see the module docstring).
+            latent: whether the caller needs `y_hat`; without it (compress), the latent
+                residual prediction runs only for the slices that later slices read.
 
         Returns:
-            `(B, M, h, w)`, the reconstructed latent `y_hat`.
+            `(B, M, h, w)`, the reconstructed latent `y_hat`, or None without `latent`.
         """
         if per_image and z_hat.shape[0] > 1:
-            return torch.cat(
-                [self._slices(z_hat[b : b + 1], y_size, step, slice(b, b + 1)) for b in range(z_hat.shape[0])]
-            )
-        return self._slices(z_hat, y_size, step, slice(0, z_hat.shape[0]))
+            parts = [self._slices(z_hat[b : b + 1], y_size, step, slice(b, b + 1), latent) for b in range(z_hat.shape[0])]
+            return torch.cat(parts) if latent else None
+        return self._slices(z_hat, y_size, step, slice(0, z_hat.shape[0]), latent)
 
-    def _slices(self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, rows: slice) -> Tensor:
+    def _is_support(self, i: int) -> bool:
+        """Whether a later slice reads slice `i`'s `y_hat` as context."""
+        k = self.max_support_slices
+        return i < self.num_slices - 1 if k < 0 else i < k
+
+    def _slices(
+        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, rows: slice, latent: bool
+    ) -> Tensor | None:
         # every conv input is made channels-last here, whatever layout the caller's tensors
         # had, so that the three drivers round identically (see the module docstring)
         h, w = y_size
@@ -299,9 +307,11 @@ class ChannelARCodec(CompressionModel):
             mu = self.cc_mean_transforms[i](mean_support)
             scale = self.cc_scale_transforms[i](channels_last(torch.cat([latent_scales, *support], dim=1)))
             y_hat_slice = channels_last(step(i, mu, scale, rows))
+            if not latent and not self._is_support(i):
+                continue  # nothing reads this slice's y_hat again
             lrp = self.lrp_transforms[i](channels_last(torch.cat([mean_support, y_hat_slice], dim=1)))
             y_hat_slices.append(y_hat_slice + 0.5 * torch.tanh(lrp))
-        return channels_last(torch.cat(y_hat_slices, dim=1))
+        return channels_last(torch.cat(y_hat_slices, dim=1)) if latent else None
 
     # -- CompressAI interface ------------------------------------------------------------------
 
@@ -385,7 +395,7 @@ class ChannelARCodec(CompressionModel):
             indexes[rows.start] += self.gaussian_conditional.build_indexes(scale).flatten().tolist()
             return q + mu
 
-        self._decode_slices(z_hat, y.shape[-2:], step, per_image=True)
+        self._decode_slices(z_hat, y.shape[-2:], step, per_image=True, latent=False)
         y_strings = []
         for sym, idx in zip(symbols, indexes):
             encoder = BufferedRansEncoder()

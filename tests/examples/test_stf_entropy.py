@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The entropy model's convolutions: oneDNN's kernel on the CPU, never PyTorch's slow one."""
+"""The entropy model's fast paths: oneDNN convolutions on the CPU, never PyTorch's slow kernel,
+and a compress that skips the work nothing reads."""
 
 from __future__ import annotations
 
@@ -63,3 +64,14 @@ def test_every_entropy_model_conv_is_a_onednn_conv(model):
     parts = (model.h_a, model.h_mean_s, model.h_scale_s, model.cc_mean_transforms, model.cc_scale_transforms, model.lrp_transforms)
     convs = [m for part in parts for m in part.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(isinstance(m, OneDNNConv2d) for m in convs)
+
+
+@pytest.mark.parametrize("max_support_slices", [2, -1])
+def test_compress_runs_the_residual_prediction_only_of_slices_later_slices_read(max_support_slices):
+    model = WACNN(N=32, M=40, num_slices=5, max_support_slices=max_support_slices).eval()
+    model.update()
+    ran = []
+    for i, transform in enumerate(model.lrp_transforms):
+        transform.register_forward_hook(lambda module, args, out, i=i: ran.append(i))
+    model.compress(torch.rand(1, 3, 40, 56))
+    assert ran == ([0, 1] if max_support_slices == 2 else [0, 1, 2, 3])
