@@ -438,6 +438,7 @@ class _ResidualWindowAttention(nn.Module):
         self.attn = attn
 
     def forward(self, x: Tensor) -> Tensor:
+        # for channels-last x both permutes are free views, and the sum stays channels-last
         out = self.attn(x.permute(0, 2, 3, 1))  # (B, H, W, C)
         return x + out.permute(0, 3, 1, 2)  # (B, C, H, W)
 
@@ -449,6 +450,11 @@ class WindowAttentionBlock(nn.Module):
     is window attention with a residual connection, three residual units and a 1x1 conv. Its
     state dict has the layout of `Win_noShift_Attention` in the official STF code (which,
     despite its name, shifts), so WACNN weights load strictly. Any `H, W >= 1` works.
+
+    Channels-last input (`x.contiguous(memory_format=torch.channels_last)`) is the fast layout
+    on the CPU: the convolutions run in it, the permute to the `(B, H, W, C)` map the attention
+    works on is a free view, and the output is channels-last too. Contiguous NCHW input gives
+    contiguous NCHW output.
 
     Args:
         dim: channels `C` (must be even: the residual units halve it).

@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("stopped early; run the same command again to resume.")
                 return 0
         if args.command in ("evaluate", "run"):
-            from examples.ablation.evaluate import evaluate_run
+            from .evaluate import evaluate_run
 
             evaluate_run(args.out, force=args.force)
         if args.command == "export":
-            from examples.ablation.export import export_run
+            from .export import export_run
 
             card = export_run(args.out, args.name, dest=args.dest, force=args.force)
             for q, e in card["qualities"].items():

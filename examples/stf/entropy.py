@@ -16,6 +16,11 @@ equals the eval-mode `forward(x)["x_hat"].clamp(0, 1)` exactly.
 Outside training the loop runs image by image: the convolutions' rounding can depend on the
 batch size, and the entropy coder's indexes come from those convolutions, so a stream must be
 decoded with exactly the numbers it was encoded with, whichever images shared its batch.
+
+Every map between the latent and the bits is kept channels-last (`torch.channels_last`, NCHW
+shape with the channels innermost in memory): the CPU convolutions run faster in that layout,
+and a conv's rounding depends on the memory format of its input, so `forward`, `compress` and
+`decompress` all convert the same tensors at the same places (`channels_last`).
 """
 
 from __future__ import annotations
@@ -25,14 +30,12 @@ from collections.abc import Callable, Sequence
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, EntropyModel, GaussianConditional
-from compressai.layers import conv3x3, subpel_conv3x3
 from compressai.models import CompressionModel
-from compressai.models.utils import conv
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["ChannelARCodec", "hyper_widths"]
+__all__ = ["ChannelARCodec", "OneDNNConv2d", "channels_last", "hyper_widths"]
 
 #: CompressAI's default likelihood lower bound, used by both entropy models here.
 _LIKELIHOOD_BOUND = 1e-9
@@ -43,6 +46,58 @@ SliceStep = Callable[[int, Tensor, Tensor, slice], Tensor]
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """`x` (a 4-D map) in the channels-last memory format; `x` itself when it already is.
+
+    Shapes:
+        x: `(B, C, H, W)` -> `(B, C, H, W)`, strides `(H*W*C, 1, W*C, C)`.
+    """
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """`nn.Conv2d` that sends every fp32 CPU batch to oneDNN's convolution.
+
+    For a 3x3 convolution of one small map (at most 20480 input elements) PyTorch picks its
+    slow reference kernel (`_slow_conv2d_forward`, im2col and a GEMM) over oneDNN. In the
+    entropy model those are the hyper-synthesis convolutions on the hyper-latent (1/64 of the
+    image) and, on small images, the slice transforms; oneDNN is faster on them too. Other
+    inputs (other dtypes or devices, autocast, `torch.compile`) take `nn.Conv2d`'s own route.
+    Parameters and state-dict names are those of `nn.Conv2d`.
+
+    Shapes:
+        x: `(B, C_in, H, W)` -> `(B, C_out, H', W')`, in the memory format of `x`.
+
+    Example:
+        >>> conv = OneDNNConv2d(16, 8, kernel_size=3, padding=1)
+        >>> conv(torch.randn(1, 16, 4, 6)).shape
+        torch.Size([1, 8, 4, 6])
+    """
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype == weight.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        ):
+            return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> OneDNNConv2d:
+    return OneDNNConv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
+
+
+def _subpel_conv3x3(in_channels: int, out_channels: int, r: int) -> nn.Sequential:
+    # a 3x3 conv to r*r times the channels, then pixel shuffle (CompressAI's subpel_conv3x3)
+    return nn.Sequential(_conv3x3(in_channels, out_channels * r**2), nn.PixelShuffle(r))
 
 
 def hyper_widths(latent_channels: int, hyper_channels: int) -> list[int]:
@@ -60,30 +115,30 @@ def hyper_widths(latent_channels: int, hyper_channels: int) -> list[int]:
 def _hyper_analysis(chain: Sequence[int]) -> nn.Sequential:
     c = chain
     return nn.Sequential(
-        conv3x3(c[0], c[1]),
+        _conv3x3(c[0], c[1]),
         nn.GELU(),
-        conv3x3(c[1], c[2]),
+        _conv3x3(c[1], c[2]),
         nn.GELU(),
-        conv3x3(c[2], c[3], stride=2),
+        _conv3x3(c[2], c[3], stride=2),
         nn.GELU(),
-        conv3x3(c[3], c[4]),
+        _conv3x3(c[3], c[4]),
         nn.GELU(),
-        conv3x3(c[4], c[5], stride=2),
+        _conv3x3(c[4], c[5], stride=2),
     )
 
 
 def _hyper_synthesis(chain: Sequence[int]) -> nn.Sequential:
     c = chain
     return nn.Sequential(
-        conv3x3(c[0], c[1]),
+        _conv3x3(c[0], c[1]),
         nn.GELU(),
-        subpel_conv3x3(c[1], c[2], 2),
+        _subpel_conv3x3(c[1], c[2], 2),
         nn.GELU(),
-        conv3x3(c[2], c[3]),
+        _conv3x3(c[2], c[3]),
         nn.GELU(),
-        subpel_conv3x3(c[3], c[4], 2),
+        _subpel_conv3x3(c[3], c[4], 2),
         nn.GELU(),
-        conv3x3(c[4], c[5]),
+        _conv3x3(c[4], c[5]),
     )
 
 
@@ -91,7 +146,7 @@ def _slice_transform(in_channels: int, hidden: Sequence[int], out_channels: int)
     widths = [in_channels, *hidden, out_channels]
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [conv(a, b, kernel_size=3, stride=1), nn.GELU()]
+        layers += [_conv3x3(a, b), nn.GELU()]
     return nn.Sequential(*layers[:-1])
 
 
@@ -209,8 +264,8 @@ class ChannelARCodec(CompressionModel):
     # -- the slice loop ------------------------------------------------------------------------
 
     def _decode_slices(
-        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, per_image: bool
-    ) -> Tensor:
+        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, per_image: bool, latent: bool = True
+    ) -> Tensor | None:
         """Runs the channel-wise autoregression; `step` quantises (or decodes) each slice.
 
         Args:
@@ -219,31 +274,44 @@ class ChannelARCodec(CompressionModel):
             step: `step(i, mu, scale, rows) -> y_hat_i`, all `(b, M / num_slices, h, w)` for
                 the batch rows `rows` (all of them, or one image with `per_image`).
             per_image: run each image on its own (see the module docstring).
+            latent: whether the caller needs `y_hat`; without it (compress), the latent
+                residual prediction runs only for the slices that later slices read.
 
         Returns:
-            `(B, M, h, w)`, the reconstructed latent `y_hat`.
+            `(B, M, h, w)`, the reconstructed latent `y_hat`, or None without `latent`.
         """
         if per_image and z_hat.shape[0] > 1:
-            return torch.cat(
-                [self._slices(z_hat[b : b + 1], y_size, step, slice(b, b + 1)) for b in range(z_hat.shape[0])]
-            )
-        return self._slices(z_hat, y_size, step, slice(0, z_hat.shape[0]))
+            parts = [self._slices(z_hat[b : b + 1], y_size, step, slice(b, b + 1), latent) for b in range(z_hat.shape[0])]
+            return torch.cat(parts) if latent else None
+        return self._slices(z_hat, y_size, step, slice(0, z_hat.shape[0]), latent)
 
-    def _slices(self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, rows: slice) -> Tensor:
+    def _is_support(self, i: int) -> bool:
+        """Whether a later slice reads slice `i`'s `y_hat` as context."""
+        k = self.max_support_slices
+        return i < self.num_slices - 1 if k < 0 else i < k
+
+    def _slices(
+        self, z_hat: Tensor, y_size: tuple[int, int], step: SliceStep, rows: slice, latent: bool
+    ) -> Tensor | None:
+        # every conv input is made channels-last here, whatever layout the caller's tensors
+        # had, so that the three drivers round identically (see the module docstring)
         h, w = y_size
-        latent_means = self.h_mean_s(z_hat)[:, :, :h, :w]  # (b, M, h, w)
-        latent_scales = self.h_scale_s(z_hat)[:, :, :h, :w]  # (b, M, h, w)
+        z_hat = channels_last(z_hat)
+        latent_means = channels_last(self.h_mean_s(z_hat)[:, :, :h, :w])  # (b, M, h, w)
+        latent_scales = channels_last(self.h_scale_s(z_hat)[:, :, :h, :w])  # (b, M, h, w)
         y_hat_slices: list[Tensor] = []
         for i in range(self.num_slices):
             k = self.max_support_slices
             support = y_hat_slices if k < 0 else y_hat_slices[:k]
-            mean_support = torch.cat([latent_means, *support], dim=1)
+            mean_support = channels_last(torch.cat([latent_means, *support], dim=1))
             mu = self.cc_mean_transforms[i](mean_support)
-            scale = self.cc_scale_transforms[i](torch.cat([latent_scales, *support], dim=1))
-            y_hat_slice = step(i, mu, scale, rows)
-            lrp = self.lrp_transforms[i](torch.cat([mean_support, y_hat_slice], dim=1))
+            scale = self.cc_scale_transforms[i](channels_last(torch.cat([latent_scales, *support], dim=1)))
+            y_hat_slice = channels_last(step(i, mu, scale, rows))
+            if not latent and not self._is_support(i):
+                continue  # nothing reads this slice's y_hat again
+            lrp = self.lrp_transforms[i](channels_last(torch.cat([mean_support, y_hat_slice], dim=1)))
             y_hat_slices.append(y_hat_slice + 0.5 * torch.tanh(lrp))
-        return torch.cat(y_hat_slices, dim=1)
+        return channels_last(torch.cat(y_hat_slices, dim=1)) if latent else None
 
     # -- CompressAI interface ------------------------------------------------------------------
 
@@ -263,12 +331,12 @@ class ChannelARCodec(CompressionModel):
         """
         self._check_image(x)
         height, width = x.shape[-2:]
-        # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
-        y = self.analysis(x).contiguous()
+        # one memory format for y in forward and compress: the convs' rounding depends on it
+        y = channels_last(self.analysis(x))
         z = self.h_a(y)
         z_likelihoods = _likelihoods_fp32(self.entropy_bottleneck, z)
         z_offset = self.entropy_bottleneck._get_medians()
-        z_hat = (quantize_ste(z - z_offset) + z_offset).contiguous()
+        z_hat = quantize_ste(z - z_offset) + z_offset
 
         y_slices = y.chunk(self.num_slices, dim=1)
         y_likelihoods: list[list[Tensor]] = [[] for _ in range(self.num_slices)]
@@ -279,7 +347,7 @@ class ChannelARCodec(CompressionModel):
             return quantize_ste(y_i - mu) + mu
 
         y_hat = self._decode_slices(z_hat, y.shape[-2:], step, per_image=not self.training)
-        x_hat = self.synthesis(y_hat)[:, :, :height, :width]
+        x_hat = self.synthesis(y_hat)[:, :, :height, :width].contiguous()  # (B, 3, H, W)
         y_lik = torch.cat([torch.cat(parts, dim=0) for parts in y_likelihoods], dim=1)
         return {"x_hat": x_hat, "likelihoods": {"y": y_lik, "z": z_likelihoods}}
 
@@ -311,8 +379,8 @@ class ChannelARCodec(CompressionModel):
         self._check_image(x)
         cdf, cdf_lengths, offsets = self._coder_tables()
         height, width = x.shape[-2:]
-        # contiguous: the conv kernels (hence the rounding of y) depend on the memory format
-        y = self.analysis(x).contiguous()
+        # one memory format for y in forward and compress: the convs' rounding depends on it
+        y = channels_last(self.analysis(x))
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
@@ -327,7 +395,7 @@ class ChannelARCodec(CompressionModel):
             indexes[rows.start] += self.gaussian_conditional.build_indexes(scale).flatten().tolist()
             return q + mu
 
-        self._decode_slices(z_hat, y.shape[-2:], step, per_image=True)
+        self._decode_slices(z_hat, y.shape[-2:], step, per_image=True, latent=False)
         y_strings = []
         for sym, idx in zip(symbols, indexes):
             encoder = BufferedRansEncoder()
@@ -378,7 +446,7 @@ class ChannelARCodec(CompressionModel):
             return q + mu
 
         y_hat = self._decode_slices(z_hat, y_size, step, per_image=True)
-        x_hat = self.synthesis(y_hat)[:, :, :height, :width]
+        x_hat = self.synthesis(y_hat)[:, :, :height, :width].contiguous()  # (B, 3, H, W)
         return {"x_hat": x_hat.clamp(0, 1)}
 
     def update(self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False) -> bool:

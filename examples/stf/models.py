@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from winattn import WindowAttentionBlock
 
-from .entropy import ChannelARCodec, hyper_widths
+from .entropy import ChannelARCodec, channels_last, hyper_widths
 from .layers import (
     PatchEmbed,
     PatchMerging,
@@ -192,6 +192,9 @@ class SymmetricalTransFormer(ChannelARCodec):
             cc_hidden,
             hyper_synthesis_chain=[*widths[::-1], latent_channels],
         )
+        # conv weights in the layout the convs run in (see examples.stf.entropy), so that
+        # no call has to copy them
+        self.to(memory_format=torch.channels_last)
 
     @property
     def use_checkpoint(self) -> bool:
@@ -205,17 +208,17 @@ class SymmetricalTransFormer(ChannelARCodec):
 
     def analysis(self, x: Tensor) -> Tensor:
         """`x: (B, 3, H, W)` -> `y: (B, M, ceil(H / s), ceil(W / s))`."""
-        x = self.pos_drop(self.patch_embed(x))  # (B, H/p, W/p, C)
+        x = self.pos_drop(self.patch_embed(channels_last(x)))  # (B, H/p, W/p, C)
         for stage in self.layers:
             x = stage(x)
-        return x.permute(0, 3, 1, 2)  # (B, M, h, w)
+        return x.permute(0, 3, 1, 2)  # (B, M, h, w), channels-last in memory: a free view
 
     def synthesis(self, y_hat: Tensor) -> Tensor:
         """`y_hat: (B, M, h, w)` -> `(B, 3, s * h, s * w)`."""
-        x = y_hat.permute(0, 2, 3, 1)  # (B, h, w, M)
+        x = channels_last(y_hat).permute(0, 2, 3, 1)  # (B, h, w, M), a contiguous view
         for stage in self.syn_layers:
             x = stage(x)
-        return self.end_conv(x.permute(0, 3, 1, 2))  # (B, 3, s*h, s*w)
+        return self.end_conv(x.permute(0, 3, 1, 2))  # (B, 3, s*h, s*w), channels-last convs
 
 
 class WACNN(ChannelARCodec):
@@ -302,6 +305,9 @@ class WACNN(ChannelARCodec):
             cc_hidden,
             hyper_synthesis_chain=[N, *widths[::-1]],
         )
+        # conv weights in the layout the convs run in (see examples.stf.entropy), so that
+        # no call has to copy them
+        self.to(memory_format=torch.channels_last)
 
     def _run(self, transform: nn.Sequential, x: Tensor) -> Tensor:
         enabled = self.use_checkpoint and self.training
@@ -310,9 +316,9 @@ class WACNN(ChannelARCodec):
         return x
 
     def analysis(self, x: Tensor) -> Tensor:
-        """`x: (B, 3, H, W)` -> `y: (B, M, ceil(H / 16), ceil(W / 16))`."""
-        return self._run(self.g_a, x)
+        """`x: (B, 3, H, W)` -> `y: (B, M, ceil(H / 16), ceil(W / 16))`, channels-last."""
+        return self._run(self.g_a, channels_last(x))
 
     def synthesis(self, y_hat: Tensor) -> Tensor:
-        """`y_hat: (B, M, h, w)` -> `(B, 3, 16 h, 16 w)`."""
-        return self._run(self.g_s, y_hat)
+        """`y_hat: (B, M, h, w)` -> `(B, 3, 16 h, 16 w)`, channels-last."""
+        return self._run(self.g_s, channels_last(y_hat))

@@ -12,7 +12,13 @@ are built with random weights. The weights are copied into our models through
   and `likelihoods["z"]`;
 * after `update()`: whether both codecs write the same bytes, whether our decode equals our
   forward's clamped `x_hat` exactly, and max |difference| between the two decoders;
-* CPU time of a forward and of a compress of a 512x768 image (official and ours, same run).
+* CPU time of a forward, a compress and a decompress of a 512x768 image, official and ours
+  in the same process with the same weights and the same number of threads (2 by default),
+  interleaved over `--repeat` rounds: the JSON keeps every sample, their median and best,
+  the speed-ups (official time over ours) against the targets, the machine, the date and the
+  load average before and after;
+* with `--profile N`: the N operators that take most of each forward's time
+  (`torch.profiler`), the explanation to look at when a speed-up misses its target.
 
 Run from the repository root (no network, nothing downloaded):
 
@@ -22,13 +28,16 @@ Run from the repository root (no network, nothing downloaded):
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +46,9 @@ import torch
 if __package__ in (None, ""):  # run as a file: import it as part of its package (PEP 366)
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     __package__ = "examples.stf.tools"
+
+#: Speed-ups (official time / ours) the codecs aim for on the CPU at 512x768.
+TARGETS = {"forward": 1.5, "compress": 1.3, "decompress": 1.3}
 
 _FILES = {
     "models/stf.py": [
@@ -87,14 +99,75 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-def _timed(fn: Any) -> float:
+def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+def _profile_forward(model: torch.nn.Module, x: torch.Tensor, rows: int) -> list[dict[str, Any]]:
+    """The `rows` operators with the most self CPU time in one forward, with their share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [
+        {"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in events[:rows]
+    ]
+
+
+def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int) -> dict[str, Any]:
+    """Times forward, compress and decompress of every model on `x`, interleaved.
+
+    Each round runs every step of every model once, so that on a shared machine all of them
+    see the same conditions; one untimed round warms the caches first.
+
+    Returns:
+        `{"samples_s": {model: {step: [...]}}, "median_s": ..., "best_s": ...,
+        "speedup_median": {step: official / ours}, "speedup_best": ...}`.
+    """
+    steps = {
+        "forward": lambda m: m(x),
+        "compress": lambda m: m.compress(x),
+        "decompress": lambda m: m.decompress(encoded[m]["strings"], encoded[m]["shape"]),
+    }
+    encoded = {m: m.compress(x) for m in models.values()}
+    for m in models.values():  # warm-up round
+        for step in steps.values():
+            step(m)
+    samples = {name: {step: [] for step in steps} for name in models}
+    for _ in range(repeat):
+        for step, fn in steps.items():
+            for name, m in models.items():
+                samples[name][step].append(_timed(lambda m=m, fn=fn: fn(m)))
+    median = {n: {s: statistics.median(v) for s, v in per.items()} for n, per in samples.items()}
+    best = {n: {s: min(v) for s, v in per.items()} for n, per in samples.items()}
+
+    def ratios(t: dict[str, dict[str, float]]) -> dict[str, float]:
+        return {s: t["official"][s] / t["ours"][s] for s in steps}
+
+    return {
+        "samples_s": samples,
+        "median_s": median,
+        "best_s": best,
+        "speedup_median": ratios(median),
+        "speedup_best": ratios(best),
+        "meets_targets": {s: ratios(median)[s] >= TARGETS[s] for s in steps},
+    }
+
+
 @torch.no_grad()
-def compare(official_cls: type, ours_cls: type, size: tuple[int, int], time_size: tuple[int, int], repeat: int) -> dict[str, Any]:
+def compare(
+    official_cls: type,
+    ours_cls: type,
+    size: tuple[int, int],
+    time_size: tuple[int, int],
+    repeat: int,
+    profile_rows: int = 0,
+) -> dict[str, Any]:
     from ..loader import convert_official_state_dict
 
     torch.manual_seed(0)
@@ -121,20 +194,11 @@ def compare(official_cls: type, ours_cls: type, size: tuple[int, int], time_size
     result["ours_decode_equals_forward"] = bool(torch.equal(dec_b, b["x_hat"].clamp(0, 1)))
     result["decode_max_abs_diff"] = _max_diff(dec_a, dec_b)
 
-    # interleaved and repeated (best of `repeat`): on a shared machine the load changes
-    # during the run, and this way both codes see the same conditions
-    xt = torch.rand(1, 3, *time_size)
-    warm = torch.rand(1, 3, 64, 64)
     models = {"official": official, "ours": ours}
-    timings = {name: {"forward_s": float("inf"), "compress_s": float("inf")} for name in models}
-    for model in models.values():
-        model(warm)
-    for _ in range(repeat):
-        for name, model in models.items():
-            t = timings[name]
-            t["forward_s"] = min(t["forward_s"], _timed(lambda m=model: m(xt)))
-            t["compress_s"] = min(t["compress_s"], _timed(lambda m=model: m.compress(xt)))
-    result["time"] = timings
+    xt = torch.rand(1, 3, *time_size)
+    result["time"] = time_codecs(models, xt, repeat)
+    if profile_rows:
+        result["forward_profile"] = {name: _profile_forward(m, xt, profile_rows) for name, m in models.items()}
     return result
 
 
@@ -144,13 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=("stf", "cnn", "both"), default="both")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     parser.add_argument("--time-size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
-    parser.add_argument("--repeat", type=int, default=3, help="timing rounds; the best is kept")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of both codes")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also record the top N ops of each forward")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
+    if args.repeat < 1 or args.threads < 1 or args.profile < 0:
+        parser.error(
+            f"--repeat and --threads must be >= 1 and --profile >= 0, got --repeat {args.repeat} "
+            f"--threads {args.threads} --profile {args.profile}."
+        )
     torch.set_num_threads(args.threads)
     from winattn import get_backend
+    from winattn._bench import machine_info
 
     from ..models import WACNN, SymmetricalTransFormer
 
@@ -159,15 +230,25 @@ def main(argv: list[str] | None = None) -> int:
         official_stf, official_cnn = import_official(args.official, workdir)
         pairs = {"stf": (official_stf, SymmetricalTransFormer), "cnn": (official_cnn, WACNN)}
         arches = list(pairs) if args.arch == "both" else [args.arch]
-        report = {
+        import compressai
+
+        report: dict[str, Any] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(torch.device("cpu")),
             "torch": torch.__version__,
+            "compressai": compressai.__version__,
             "threads": torch.get_num_threads(),
             "winattn_backend": get_backend(),
             "cpu_load_average_at_start": list(os.getloadavg()),
             "size": list(args.size),
             "time_size": list(args.time_size),
-            "results": {a: compare(*pairs[a], tuple(args.size), tuple(args.time_size), args.repeat) for a in arches},
+            "repeat": args.repeat,
+            "targets_speedup": TARGETS,
         }
+        report["results"] = {
+            a: compare(*pairs[a], tuple(args.size), tuple(args.time_size), args.repeat, args.profile) for a in arches
+        }
+        report["cpu_load_average_at_end"] = list(os.getloadavg())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = json.dumps(report, indent=2)
