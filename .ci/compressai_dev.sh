@@ -2,7 +2,8 @@
 # Second CI environment: CompressAI's development line (`compressai-temp`, which installs as the
 # package `compressai`) with timm, in its own venv `.venv-dev`, running the swap suite on every
 # transformer codec of its zoo and the second numeric oracle for examples/stf
-# (tests/integrations_dev). The main environment (.venv, compressai 1.2.8) is left alone.
+# (tests/integrations_dev) and the whole-block swap tests of its hosts
+# (tests/patch/test_swap_compressai_dev.py). The main environment (.venv, compressai 1.2.8) is left alone.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,4 @@ import compressai, timm, torch, winattn
 import compressai.layers.attn  # only the development line has it
 print(f"compressai {compressai.__version__} | timm {timm.__version__} | torch {torch.__version__} | winattn {winattn.__file__}")
 PY
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$venv/bin/python" -m pytest -p no:cacheprovider tests/integrations_dev "$@"
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" "$venv/bin/python" -m pytest -p no:cacheprovider tests/integrations_dev tests/patch/test_swap_compressai_dev.py "$@"
