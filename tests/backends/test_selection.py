@@ -372,3 +372,8 @@ def test_explain_gives_every_backends_reasons_and_the_ones_auto_passes_over(fake
     assert reasons["reference"] == reasons["sdpa"] == []
     assert reasons["picky"] == ["needs a GPU", "head_dim=4 is not a multiple of 16"]
     assert reasons["unverified"] == ["not picked by auto: not verified on cpu"]
+
+
+def test_explain_refuses_anything_but_an_attention_call_naming_the_fix():
+    with pytest.raises(TypeError, match=r"got str; build one with AttentionCall.build"):
+        backends.explain("sdpa")

@@ -369,6 +369,11 @@ def explain(call: AttentionCall) -> dict[str, list[str]]:
         >>> sorted(name for name, reasons in explain(call).items() if not reasons)
         ['reference', 'sdpa']
     """
+    if not isinstance(call, AttentionCall):
+        raise TypeError(
+            f"explain() takes an AttentionCall, got {type(call).__name__}; build one with "
+            "AttentionCall.build(qkv, num_heads=..., window_size=..., ...)."
+        )
     return {
         name: _reasons(b, call)
         or [f"not picked by auto: {r}" for r in b.unverified_reasons(call)]
