@@ -252,6 +252,24 @@ class ShiftedWindowAttention(WindowAttention):
         super().__init__(dim, num_heads, window_size, shift_size, **kwargs)
 
 
+#: In eval mode on the CPU, MLPs run on this many bytes of hidden activations at a time
+#: (`Mlp.forward_rows`).
+MLP_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def _by_rows(x: Tensor, module: nn.Module) -> bool:
+    """Whether `module` runs `x` a few rows at a time: eager, eval mode (no dropout), on the
+    CPU, without autocast. The grad mode does not matter, so that an encoder run under
+    `no_grad` and a decoder run with autograd recording compute the same bits."""
+    return (
+        x.device.type == "cpu"
+        and not module.training
+        and x.is_floating_point()
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training.
 
@@ -303,7 +321,43 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        if _by_rows(x, self):
+            rows = x.reshape(-1, x.shape[-1])  # (T, in_features)
+            return self.forward_rows(rows).view(*x.shape[:-1], -1)
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def forward_rows(self, x: Tensor, norm: nn.Module | None = None, residual: Tensor | None = None) -> Tensor:
+        """`residual + mlp(norm(x))` in eval mode, a few rows at a time.
+
+        The hidden activations of `MLP_CHUNK_BYTES` at a time stay in cache and are reused
+        from chunk to chunk, where those of a whole high-resolution map would be allocated,
+        and their pages faulted in, on every call; without autograd recording, the activation
+        runs in place and each chunk is written straight into the output. With or without
+        autograd, the same operations run on the same chunks, so the result has the same bits.
+        Dropout is not applied.
+
+        Shapes:
+            x: `(T, in_features)`, residual: `(T, out_features)` or None -> `(T, out_features)`.
+        """
+        record = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        record = record or (residual is not None and residual.requires_grad and torch.is_grad_enabled())
+        # a power of two: GEMMs on such row blocks round like one on all rows (seen with MKL)
+        step = 1 << max(0, (MLP_CHUNK_BYTES // (self.fc1.out_features * x.element_size())).bit_length() - 1)
+        gelu = self.act.approximate if type(self.act) is nn.GELU and not record else None
+        out = None if record else x.new_empty(x.shape[0], self.fc2.out_features)
+        pieces = []
+        for i in range(0, x.shape[0], step):
+            part = x[i : i + step] if norm is None else norm(x[i : i + step])
+            hidden = self.fc1(part)  # (rows, hidden_features)
+            hidden = self.act(hidden) if gelu is None else torch.ops.aten.gelu_(hidden, approximate=gelu)
+            y = self.fc2(hidden)  # (rows, out_features)
+            if out is None:
+                pieces.append(y if residual is None else residual[i : i + step] + y)
+            elif residual is None:
+                out[i : i + step] = y
+            else:
+                torch.add(residual[i : i + step], y, out=out[i : i + step])
+        return out if out is not None else torch.cat(pieces)
 
 
 class SwinBlock(nn.Module):
@@ -391,6 +445,9 @@ class SwinBlock(nn.Module):
         """
         _check_channels_last(x, self.dim, self.attn.qkv.weight)
         x = x + self.drop_path(self.attn(self.norm1(x)))
+        if _by_rows(x, self):
+            rows = x.reshape(-1, self.dim)  # (B*H*W, C)
+            return self.mlp.forward_rows(rows, self.norm2, rows).view(x.shape)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -423,7 +480,20 @@ class ResidualUnit(nn.Module):
         self.relu = nn.GELU()  # named as in the paper's code
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.relu(x + self.conv(x))
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return self.relu(x + self.conv(x))
+        # Nothing to differentiate: every GELU that follows a convolution runs in place on
+        # its fresh output (the same kernel, so the same bits), and so does the residual sum.
+        h, prev = x, None
+        for layer in self.conv:
+            if type(layer) is nn.GELU and isinstance(prev, nn.Conv2d):
+                h = torch.ops.aten.gelu_(h, approximate=layer.approximate)
+            else:
+                h = layer(h)
+            prev = layer
+        if type(self.relu) is nn.GELU and isinstance(prev, nn.Conv2d) and h.shape == x.shape and h.dtype == x.dtype:
+            return torch.ops.aten.gelu_(h.add_(x), approximate=self.relu.approximate)
+        return self.relu(x + h)
 
 
 class _ResidualWindowAttention(nn.Module):

@@ -91,6 +91,17 @@ class OneDNNConv2d(nn.Conv2d):
         return super()._conv_forward(x, weight, bias)
 
 
+class _GELU(nn.GELU):
+    """`nn.GELU` that runs in place when there is nothing to differentiate (the same kernel, so
+    the same bits). Only for the output of a layer that makes a new tensor, as everywhere
+    below: a convolution or a pixel shuffle."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
+
+
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> OneDNNConv2d:
     return OneDNNConv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
 
@@ -116,13 +127,13 @@ def _hyper_analysis(chain: Sequence[int]) -> nn.Sequential:
     c = chain
     return nn.Sequential(
         _conv3x3(c[0], c[1]),
-        nn.GELU(),
+        _GELU(),
         _conv3x3(c[1], c[2]),
-        nn.GELU(),
+        _GELU(),
         _conv3x3(c[2], c[3], stride=2),
-        nn.GELU(),
+        _GELU(),
         _conv3x3(c[3], c[4]),
-        nn.GELU(),
+        _GELU(),
         _conv3x3(c[4], c[5], stride=2),
     )
 
@@ -131,13 +142,13 @@ def _hyper_synthesis(chain: Sequence[int]) -> nn.Sequential:
     c = chain
     return nn.Sequential(
         _conv3x3(c[0], c[1]),
-        nn.GELU(),
+        _GELU(),
         _subpel_conv3x3(c[1], c[2], 2),
-        nn.GELU(),
+        _GELU(),
         _conv3x3(c[2], c[3]),
-        nn.GELU(),
+        _GELU(),
         _subpel_conv3x3(c[3], c[4], 2),
-        nn.GELU(),
+        _GELU(),
         _conv3x3(c[4], c[5]),
     )
 
@@ -146,7 +157,7 @@ def _slice_transform(in_channels: int, hidden: Sequence[int], out_channels: int)
     widths = [in_channels, *hidden, out_channels]
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [_conv3x3(a, b), nn.GELU()]
+        layers += [_conv3x3(a, b), _GELU()]
     return nn.Sequential(*layers[:-1])
 
 

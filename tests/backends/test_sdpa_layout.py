@@ -120,3 +120,41 @@ def test_chunked_sdpa_inference_runs_under_cpu_autocast(monkeypatch: pytest.Monk
         got = window_attention(qkv, 2, 4, 2, backend="sdpa")
         want = window_attention(qkv, 2, 4, 2, backend="reference")
     torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("full_mask_max_bytes", [0, 1 << 30], ids=["grouped", "full-mask"])
+@pytest.mark.parametrize("shift", [0, 2])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_window_chunked_inference_is_bitwise_the_recorded_forward(
+    monkeypatch: pytest.MonkeyPatch, full_mask_max_bytes: int, shift: int, batch: int
+) -> None:
+    # Inference on large maps attends a few windows at a time; every window must come out
+    # with the same bits as in the one-call path taken when autograd records, padding
+    # windows included, and match the reference.
+    monkeypatch.setattr(sdpa, "FULL_MASK_MAX_BYTES", full_mask_max_bytes)
+    monkeypatch.setattr(sdpa, "LOGITS_CHUNK_BYTES", 3 * 2 * 16 * 16 * 4)  # three windows
+    calls = []
+    chunked = sdpa._attend_cpu_chunked
+    monkeypatch.setattr(sdpa, "_attend_cpu_chunked", lambda *a, **k: calls.append(1) or chunked(*a, **k))
+    torch.manual_seed(0)
+    module = WindowAttention(dim=16, num_heads=2, window_size=4, shift_size=shift).eval()
+    with torch.no_grad():
+        module.relative_position_bias_table.normal_()
+    x = torch.randn(batch, 10, 13, 16)  # padded to 12x16: padding in the last row and column
+    with torch.no_grad():
+        inference = module(x, backend="sdpa")
+        want = module(x, backend="reference")
+    recorded = module(x, backend="sdpa")
+    assert calls, "the window-chunked path was not taken"
+    assert torch.equal(inference, recorded.detach())
+    torch.testing.assert_close(inference, want, atol=ATOL, rtol=0)
+
+
+def test_window_chunked_inference_keeps_autocast_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sdpa, "LOGITS_CHUNK_BYTES", 1)
+    qkv = torch.randn(1, 16, 16, 3 * 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = window_attention(qkv, 2, 4, 2, backend="sdpa")
+        want = window_attention(qkv, 2, 4, 2, backend="reference")
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=0)

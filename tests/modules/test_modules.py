@@ -15,6 +15,7 @@ from winattn import (
     SwinBlock,
     WindowAttention,
     WindowAttentionBlock,
+    modules,
     window_attention,
 )
 from winattn.functional import relative_position_index
@@ -202,6 +203,33 @@ def test_swin_block_is_prenorm_attention_then_mlp_with_residuals():
     expected = y + block.mlp.fc2(nn.functional.gelu(block.mlp.fc1(block.norm2(y))))
     torch.testing.assert_close(block(x), expected, atol=0, rtol=0)
     assert block.mlp.fc1.out_features == 16
+
+
+@pytest.mark.parametrize("act_layer", [nn.GELU, nn.SiLU], ids=["gelu-in-place", "other-act"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_swin_block_eval_runs_the_mlp_by_rows_with_the_same_bits_in_any_grad_mode(
+    monkeypatch, act_layer, batch
+):
+    # In eval mode on the CPU the MLP runs a few rows at a time (in place without autograd).
+    # An encoder under no_grad and a decoder with autograd recording must get the same bits.
+    monkeypatch.setattr(modules, "MLP_CHUNK_BYTES", 5 * 32 * 4)  # 4 rows of hidden per chunk
+    calls = []
+    rows = modules.Mlp.forward_rows
+    monkeypatch.setattr(modules.Mlp, "forward_rows", lambda *a, **k: calls.append(1) or rows(*a, **k))
+    block = randomise(SwinBlock(8, 2, 4, 2, act_layer=act_layer)).eval()
+    x = torch.randn(batch, 5, 7, 8)
+    with torch.no_grad():
+        inference, mlp_only = block(x), block.mlp(x)
+    recorded, mlp_recorded = block(x), block.mlp(x)
+    assert len(calls) == 4, "the MLP did not run by rows"
+    assert recorded.requires_grad and mlp_recorded.requires_grad
+    assert torch.equal(inference, recorded.detach())
+    assert torch.equal(mlp_only, mlp_recorded.detach())
+    recorded.square().sum().backward()
+    assert block.mlp.fc1.weight.grad is not None
+    y = x + block.attn(block.norm1(x))  # the one-shot composition, as in training
+    one_shot = y + block.mlp.fc2(block.mlp.act(block.mlp.fc1(block.norm2(y))))
+    torch.testing.assert_close(inference, one_shot, atol=1e-6, rtol=1e-6)
 
 
 def test_swin_block_passes_its_arguments_to_the_attention():

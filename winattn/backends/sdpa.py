@@ -24,7 +24,12 @@ How the work is laid out matters more than the arithmetic (measured with
   call with the full mask is cheaper than four.
 * In eager inference the batch is processed a few images at a time (`CHUNK_BYTES` of qkv):
   the temporaries then stay small enough for the allocator to reuse from call to call instead
-  of faulting in fresh pages, which on the CPU costs as much as the copies themselves.
+  of faulting in fresh pages, which on the CPU costs as much as the copies themselves. On the
+  CPU, where the logits of those images would still be large (a high-resolution map), the
+  windows are attended a few at a time (`LOGITS_CHUNK_BYTES` of logits): each chunk gathers
+  its q, k, v, attends and writes its rows of the output, so logits and weights stay in
+  cache. At the first stage of a 512x768 codec this halves the attention's time. Each window
+  goes through the same operations either way, so the bits do not change.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ from winattn.geometry import cached_mask, padded_size
 #: Eager inference gathers the qkv of at most this many bytes of images at a time (at
 #: least one image).
 CHUNK_BYTES = 8 * 1024 * 1024
+
+#: Eager CPU inference computes the attention logits of at most this many bytes of windows at
+#: a time (at least one window).
+LOGITS_CHUNK_BYTES = 2 * 1024 * 1024
 
 #: Above this many bytes, the full `(nW, heads, N, N)` mask of a shifted call is replaced by
 #: one shared mask per group of windows (see the module docstring).
@@ -69,6 +78,11 @@ class Layout:
             `(b * H * W * 3 * heads, head_dim)`; None elsewhere.
         scatter_heads: on the CPU, `(b * H * W * heads,)`: for each row of the maps and head,
             the row of the attention output viewed as `(b * nW * heads * N, head_dim)`.
+        dest_heads: on the CPU, `(b * nW * heads * N,)`, the inverse of `scatter_heads`: for
+            each row of the attention output, its row of the output viewed as
+            `(b * H * W * heads, head_dim)`, or -1 for a padding slot.
+        pad_prefix: on the CPU, `(b * nW + 1,)`: how many of the first `i` windows hold
+            padding slots.
     """
 
     gather: Tensor
@@ -78,6 +92,8 @@ class Layout:
     grouped: bool
     gather_heads: Tensor | None = None
     scatter_heads: Tensor | None = None
+    dest_heads: Tensor | None = None
+    pad_prefix: tuple[int, ...] = ()
 
 
 def _layout(
@@ -118,7 +134,8 @@ def _layout(
     key = torch.cat(keys)  # (b*nW*N,)
     by_key = torch.argsort(key, stable=True)  # real tokens in map order, then padding slots
     gather, scatter = torch.where(key == b * h * w, 0, key), by_key[: b * h * w]
-    gather_heads = scatter_heads = None
+    gather_heads = scatter_heads = dest_heads = None
+    pad_prefix: tuple[int, ...] = ()
     if torch.device(device or "cpu").type == "cpu":
         n = wh * ww
         head = torch.arange(heads, device=device)
@@ -126,6 +143,11 @@ def _layout(
         token = gather.view(1, -1, 1, n)  # (1, b*nW, 1, N), rows of the maps
         gather_heads = ((token * 3 + three) * heads + head[:, None]).reshape(-1)  # (3, b*nW, heads, N)
         scatter_heads = ((scatter // n)[:, None] * heads + head) * n + (scatter % n)[:, None]  # (b*H*W, heads)
+        dest_heads = torch.full((gather.numel() * heads,), -1, dtype=torch.long, device=device)
+        dest_heads[scatter_heads.reshape(-1)] = torch.arange(b * h * w * heads, device=device)
+        has_pad = torch.zeros(b * nwh * nww, dtype=torch.long, device=device)
+        has_pad[by_key[b * h * w :] // n] = 1
+        pad_prefix = (0, *torch.cumsum(has_pad, 0).tolist())
         if max(b * h * w * 3 * heads, gather.numel() * heads) < 2**31:
             gather_heads, scatter_heads = gather_heads.int(), scatter_heads.int()
     return Layout(
@@ -136,6 +158,8 @@ def _layout(
         grouped=grouped,
         gather_heads=gather_heads,
         scatter_heads=scatter_heads.reshape(-1) if scatter_heads is not None else None,
+        dest_heads=dest_heads,
+        pad_prefix=pad_prefix,
     )
 
 
@@ -257,6 +281,60 @@ def _attend_cpu(
     return out  # (b*H*W, C)
 
 
+def _attend_cpu_chunked(
+    flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
+    out: Tensor | None = None,
+) -> Tensor:
+    """`_attend_cpu` for eager inference, a few windows at a time: gather their q, k, v, attend
+    and write their rows of the output, so that the logits and weights of every chunk stay in
+    cache instead of being allocated (and their pages faulted in) for a whole map. Each window
+    is computed by the same operations as in `_attend_cpu`."""
+    b, hw, _ = flat.shape
+    heads, d = call.num_heads, call.head_dim
+    n = call.window_size[0] * call.window_size[1]
+    windows = lay.gather.numel() // n
+    rows = flat.reshape(-1, d)  # (b*H*W*3*heads, d)
+    index = lay.gather_heads.view(3, windows, heads * n)
+    if out is None:
+        out = flat.new_empty(b * hw, heads * d)
+    dest = out.view(-1, d)  # (b*H*W*heads, d)
+    step = max(1, LOGITS_CHUNK_BYTES // (heads * n * n * max(flat.element_size(), 4)))
+    pad = None
+    first = 0
+    for (count, _), mask in zip(lay.groups, masks):
+        per_window = mask is not None and mask.shape[0] > 1  # (count, heads, N, N), one image's
+        spans = [(i, i + count) for i in range(first, first + b * count, count)] if per_window else [(first, first + b * count)]
+        for a, z in ((a, min(a + step, end)) for start, end in spans for a in range(start, end, step)):
+            window_mask = mask[(a - first) % count : (a - first) % count + z - a] if per_window else mask
+            qkv = rows.index_select(0, index[:, a:z].reshape(-1)).view(3, z - a, heads, n, d)
+            target = lay.dest_heads[a * heads * n : z * heads * n]  # (wc*heads*N,)
+            if lay.pad_prefix[z] > lay.pad_prefix[a]:  # padding slots in these windows
+                if pad is None:
+                    pad = flat.new_zeros(3 * heads * d) if call.pad_qkv is None else call.pad_qkv.to(flat.dtype)
+                slots = lay.pad_slots[(lay.pad_slots >= a * n) & (lay.pad_slots < z * n)] - a * n
+                qkv[:, slots // n, :, slots % n] = pad.view(3, heads, d)
+            q, k, v = qkv.unbind(0)  # each (wc, heads, N, d)
+            res = _attention_matmul(q, k, v, window_mask, call, 1).view(-1, d)  # (wc*heads*N, d)
+            if lay.pad_prefix[z] > lay.pad_prefix[a]:
+                real = target >= 0
+                res, target = res[real], target[real]
+            dest.index_copy_(0, target, res)
+        first += b * count
+    return out  # (b*H*W, C)
+
+
+def _chunk_windows(call: AttentionCall, lay: Layout, masks: list[Tensor | None]) -> bool:
+    """Whether `_attend_cpu_chunked` applies: eager inference on the CPU, with logits larger
+    than two chunks."""
+    if lay.dest_heads is None or call.needs_grad or call.dropout_p > 0 or torch.compiler.is_compiling():
+        return False
+    if torch.is_autocast_enabled("cpu"):  # the result dtype is autocast's
+        return False
+    n = call.window_size[0] * call.window_size[1]
+    logits = lay.gather.numel() // n * call.num_heads * n * n * 4
+    return logits > 2 * LOGITS_CHUNK_BYTES
+
+
 def _attend(
     flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
     out: Tensor | None = None,
@@ -264,6 +342,8 @@ def _attend(
     """`(b, H * W, 3C)` qkv -> `(b * H * W, C)` attention output in map order (written into
     `out` when given: inference only)."""
     if lay.gather_heads is not None:
+        if _chunk_windows(call, lay, masks):
+            return _attend_cpu_chunked(flat, call, lay, masks, out)
         return _attend_cpu(flat, call, lay, masks, out)
     b, hw, c3 = flat.shape
     heads, d = call.num_heads, call.head_dim
