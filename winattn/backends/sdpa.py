@@ -83,6 +83,10 @@ class Layout:
             `(b * H * W * heads, head_dim)`, or -1 for a padding slot.
         pad_prefix: on the CPU, `(b * nW + 1,)`: how many of the first `i` windows hold
             padding slots.
+        source_heads: on the CPU, `(b * H * W * 3 * heads,)`, the inverse of `gather_heads`:
+            for each row of the maps' qkv, the row of the gathered q, k, v that holds it.
+        pad_rows_heads: on the CPU, the rows of the attention output (viewed as
+            `(b * nW * heads * N, head_dim)`) that belong to padding slots.
     """
 
     gather: Tensor
@@ -94,6 +98,8 @@ class Layout:
     scatter_heads: Tensor | None = None
     dest_heads: Tensor | None = None
     pad_prefix: tuple[int, ...] = ()
+    source_heads: Tensor | None = None
+    pad_rows_heads: Tensor | None = None
 
 
 def _layout(
@@ -134,7 +140,7 @@ def _layout(
     key = torch.cat(keys)  # (b*nW*N,)
     by_key = torch.argsort(key, stable=True)  # real tokens in map order, then padding slots
     gather, scatter = torch.where(key == b * h * w, 0, key), by_key[: b * h * w]
-    gather_heads = scatter_heads = dest_heads = None
+    gather_heads = scatter_heads = dest_heads = source_heads = pad_rows_heads = None
     pad_prefix: tuple[int, ...] = ()
     if torch.device(device or "cpu").type == "cpu":
         n = wh * ww
@@ -148,8 +154,13 @@ def _layout(
         has_pad = torch.zeros(b * nwh * nww, dtype=torch.long, device=device)
         has_pad[by_key[b * h * w :] // n] = 1
         pad_prefix = (0, *torch.cumsum(has_pad, 0).tolist())
+        real = (key != b * h * w).view(1, -1, 1, n).expand(3, -1, heads, -1).reshape(-1)  # per gathered row
+        source_heads = torch.empty(b * h * w * 3 * heads, dtype=torch.long, device=device)
+        source_heads[gather_heads[real]] = torch.arange(gather_heads.numel(), device=device)[real]
+        pad_rows_heads = (dest_heads < 0).nonzero().view(-1)
         if max(b * h * w * 3 * heads, gather.numel() * heads) < 2**31:
             gather_heads, scatter_heads = gather_heads.int(), scatter_heads.int()
+            source_heads = source_heads.int()
     return Layout(
         gather=gather,
         scatter=scatter,
@@ -160,6 +171,8 @@ def _layout(
         scatter_heads=scatter_heads.reshape(-1) if scatter_heads is not None else None,
         dest_heads=dest_heads,
         pad_prefix=pad_prefix,
+        source_heads=source_heads,
+        pad_rows_heads=pad_rows_heads,
     )
 
 
@@ -251,6 +264,37 @@ def _attention_matmul(
     return weights @ v  # (windows, heads, N, d)
 
 
+class _Rows(torch.autograd.Function):
+    """`src.index_select(0, index)` where `index` is a permutation of rows, some of them
+    repeated for padding slots whose values do not matter. Its backward reads the gradient
+    back through the inverse permutation, one `index_select` (`inverse`), and zeroes the rows
+    `zero` (the gradient of rows nothing real was read from), instead of `index_select`'s
+    own backward, which scatters with `index_add_` into a zeroed buffer and on the CPU costs
+    several times the forward."""
+
+    @staticmethod
+    def forward(src: Tensor, index: Tensor, inverse: Tensor, zero: Tensor | None) -> Tensor:  # type: ignore[override]
+        return src.index_select(0, index)
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple, output: Tensor) -> None:  # type: ignore[override]
+        ctx.inverse, ctx.zero = inputs[2], inputs[3]  # type: ignore[attr-defined]
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        out = grad.index_select(0, ctx.inverse)  # type: ignore[attr-defined]
+        if ctx.zero is not None and ctx.zero.numel():  # type: ignore[attr-defined]
+            out.index_fill_(0, ctx.zero, 0)  # type: ignore[attr-defined]
+        return out, None, None, None
+
+
+def _select_rows(src: Tensor, index: Tensor, inverse: Tensor, zero: Tensor | None = None) -> Tensor:
+    """`src.index_select(0, index)`, differentiated through `_Rows` when autograd records."""
+    if torch.is_grad_enabled() and src.requires_grad and not torch.compiler.is_compiling():
+        return _Rows.apply(src, index, inverse, zero)
+    return src.index_select(0, index)
+
+
 def _attend_cpu(
     flat: Tensor, call: AttentionCall, lay: Layout, masks: list[Tensor | None],
     out: Tensor | None = None,
@@ -263,20 +307,22 @@ def _attend_cpu(
     n = call.window_size[0] * call.window_size[1]
     windows = lay.gather.numel() // n
     rows = flat.reshape(-1, d)  # (b*H*W*3*heads, d)
-    qkv = rows.index_select(0, lay.gather_heads).view(3, windows, heads, n, d)
+    qkv = _select_rows(rows, lay.gather_heads, lay.source_heads).view(3, windows, heads, n, d)
     if lay.pad_slots.numel():
         pad = flat.new_zeros(3 * heads * d) if call.pad_qkv is None else call.pad_qkv.to(flat.dtype)
         slots = lay.pad_slots
         qkv[:, slots // n, :, slots % n] = pad.view(3, heads, d)  # (P, 3, heads, d): padding tokens
-    q, k, v = qkv.unbind(0)  # each (windows, heads, N, d)
-    outs, first = [], 0
-    for (count, _), mask in zip(lay.groups, masks):
-        group = slice(first, first + b * count)
-        outs.append(_attention_matmul(q[group], k[group], v[group], mask, call, b))
-        first += b * count
+    # one split into groups (its backward is one cat, where a slice per group would each
+    # backward into a zeroed buffer of the whole qkv)
+    parts = qkv.split([b * count for count, _ in lay.groups], dim=1) if len(lay.groups) > 1 else (qkv,)
+    outs = []
+    for part, mask in zip(parts, masks):
+        q, k, v = part.unbind(0)  # each (group's windows, heads, N, d)
+        outs.append(_attention_matmul(q, k, v, mask, call, b))
     res = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(-1, d)  # (windows*heads*N, d)
     if out is None:
-        return res.index_select(0, lay.scatter_heads).view(b * hw, heads * d)  # (b*H*W, C)
+        inverse = lay.dest_heads.clamp(min=0)  # padding slots read row 0, then are zeroed
+        return _select_rows(res, lay.scatter_heads, inverse, lay.pad_rows_heads).view(b * hw, heads * d)  # (b*H*W, C)
     torch.index_select(res, 0, lay.scatter_heads, out=out.view(-1, d))
     return out  # (b*H*W, C)
 
