@@ -19,6 +19,8 @@ T = TypeVar("T")
 def as_int(value: object) -> int | None:
     """`value` as a Python int if it is an integer (a Python int, or a NumPy or 0-dim torch
     integer scalar), else None. Booleans are not integers here."""
+    if type(value) is int:  # the common case (bool is a subclass, not this type)
+        return value
     if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
         return None
     if isinstance(value, torch.Tensor) and (value.dim() or value.is_floating_point()):
@@ -52,6 +54,10 @@ def to_pair(value: int | Sequence[int], name: str, *, allow_zero: bool = False) 
         TypeError: if `value` is not an int or a pair of ints.
         ValueError: if an entry is below 1 (below 0 with `allow_zero`).
     """
+    low = 0 if allow_zero else 1
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if value[0] >= low and value[1] >= low:  # the common case, checked without conversions
+            return value
     single = as_int(value)
     if single is not None:
         pair = (single, single)
@@ -64,7 +70,6 @@ def to_pair(value: int | Sequence[int], name: str, *, allow_zero: bool = False) 
         pair = (as_int(value[0]), as_int(value[1]))
     else:
         raise TypeError(f"{name} must be an int or an (h, w) tuple of ints, got {name}={value!r}.")
-    low = 0 if allow_zero else 1
     if min(pair) < low:
         raise ValueError(f"{name} must be >= {low} on each axis, got {name}={value!r}.")
     return pair

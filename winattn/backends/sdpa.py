@@ -329,8 +329,10 @@ def _attend_cpu(
         outs.append(_attention_matmul(q, k, v, mask, call, b))
     res = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(-1, d)  # (windows*heads*N, d)
     if out is None:
+        if not (torch.is_grad_enabled() and res.requires_grad):
+            return res.index_select(0, lay.scatter_heads).view(b * hw, heads * d)  # (b*H*W, C)
         inverse = lay.dest_heads.clamp(min=0)  # padding slots read row 0, then are zeroed
-        return _select_rows(res, lay.scatter_heads, inverse, lay.pad_rows_heads).view(b * hw, heads * d)  # (b*H*W, C)
+        return _select_rows(res, lay.scatter_heads, inverse, lay.pad_rows_heads).view(b * hw, heads * d)
     torch.index_select(res, 0, lay.scatter_heads, out=out.view(-1, d))
     return out  # (b*H*W, C)
 
