@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the sdist and the wheel with `python -m build`, installs each (with the examples extra)
-# into a clean venv outside the checkout, and smoke-tests it there.
+# into a venv outside the checkout, and smoke-tests it there. The sdist goes into a clean venv,
+# which checks that its dependencies resolve; the wheel, whose declared dependencies must be
+# the sdist's (compared below), then replaces it in the same venv, so torch is installed once.
 # Usage: .ci/release_check.sh PYTHON_WITH_BUILD
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,11 +11,32 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$python" -m build --sdist --wheel -o "$tmp/dist" . >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; exit 1; }
 ls "$tmp/dist"
+python3 - "$tmp"/dist/winattn-*.tar.gz "$tmp"/dist/winattn-*.whl <<'PY'
+import sys, tarfile, zipfile
 
+def requires(text):
+    keys = ("Requires-Dist:", "Provides-Extra:", "Requires-Python:")
+    return sorted(line for line in text.splitlines() if line.startswith(keys))
+
+sdist, wheel = sys.argv[1:]
+with tarfile.open(sdist) as t:
+    pkg_info = next(m for m in t.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO"))
+    a = requires(t.extractfile(pkg_info).read().decode())
+with zipfile.ZipFile(wheel) as z:
+    b = requires(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode())
+assert a and a == b, f"the wheel declares other dependencies than the sdist:\n{a}\n{b}"
+print(f"wheel and sdist declare the same {len(a)} dependency lines")
+PY
+
+python3 -m venv "$tmp/venv"
 for dist in "$tmp"/dist/winattn-*.tar.gz "$tmp"/dist/winattn-*.whl; do
     echo "--- $(basename "$dist")"
-    python3 -m venv "$tmp/venv"
-    "$tmp/venv/bin/pip" install -q "$dist"
+    if [[ "$dist" == *.tar.gz ]]; then
+        "$tmp/venv/bin/pip" install -q "$dist"  # clean venv: the dependencies resolve
+    else
+        "$tmp/venv/bin/pip" uninstall -q -y winattn
+        "$tmp/venv/bin/pip" install -q --no-deps "$dist"
+    fi
     (cd "$tmp" && "$tmp/venv/bin/python" - <<'PY'
 import sys
 import torch
@@ -47,5 +70,4 @@ PY
     "$tmp/venv/bin/winattn" models >"$tmp/models.txt"
     grep -q "^  bmshj2018-hyperprior-winattn" "$tmp/models.txt"
     "$tmp/venv/bin/python" -m winattn_examples.stf.train --help >/dev/null
-    rm -rf "$tmp/venv"
 done
