@@ -257,6 +257,13 @@ class ShiftedWindowAttention(WindowAttention):
 MLP_CHUNK_BYTES = 4 * 1024 * 1024
 
 
+def _records(module: nn.Module, *tensors: Tensor | None) -> bool:
+    """Whether autograd records a call of `module` on `tensors`."""
+    return torch.is_grad_enabled() and (
+        any(t is not None and t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters())
+    )
+
+
 def _by_rows(x: Tensor, module: nn.Module) -> bool:
     """Whether `module` runs `x` a few rows at a time: eager, eval mode (no dropout), on the
     CPU, without autocast. The grad mode does not matter, so that an encoder run under
@@ -339,8 +346,7 @@ class Mlp(nn.Module):
         Shapes:
             x: `(T, in_features)`, residual: `(T, out_features)` or None -> `(T, out_features)`.
         """
-        record = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        record = record or (residual is not None and residual.requires_grad and torch.is_grad_enabled())
+        record = _records(self, x, residual)
         # a power of two: GEMMs on such row blocks round like one on all rows (seen with MKL)
         step = 1 << max(0, (MLP_CHUNK_BYTES // (self.fc1.out_features * x.element_size())).bit_length() - 1)
         gelu = self.act.approximate if type(self.act) is nn.GELU and not record else None
@@ -480,7 +486,7 @@ class ResidualUnit(nn.Module):
         self.relu = nn.GELU()  # named as in the paper's code
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        if _records(self, x):
             return self.relu(x + self.conv(x))
         # Nothing to differentiate: every GELU that follows a convolution runs in place on
         # its fresh output (the same kernel, so the same bits), and so does the residual sum.
