@@ -18,7 +18,10 @@ are built with random weights. The weights are copied into our models through
   the speed-ups (official time over ours) against the targets, the machine, the date and the
   load average before and after;
 * with `--profile N`: the N operators that take most of each forward's time
-  (`torch.profiler`), the explanation to look at when a speed-up misses its target.
+  (`torch.profiler`), the explanation to look at when a speed-up misses its target, and the
+  forward's bound: the share of our forward spent in convolutions and matrix products
+  (`DENSE_OPS`, the same arithmetic as in the official code), that share of our median
+  forward time, and the largest speed-up left if everything else took no time at all.
 
 Run from the repository root (no network, nothing downloaded):
 
@@ -49,6 +52,14 @@ if __package__ in (None, ""):  # run as a file: import it as part of its package
 
 #: Speed-ups (official time / ours) the codecs aim for on the CPU at 512x768.
 TARGETS = {"forward": 1.5, "compress": 1.3, "decompress": 1.3}
+
+#: Operators doing a model's convolutions and matrix products: both codes run the same ones,
+#: with the same arithmetic (transposed convolutions run inside `aten::_convolution`).
+DENSE_OPS = frozenset({
+    "aten::mkldnn_convolution", "aten::_convolution", "aten::_slow_conv2d_forward",
+    "aten::slow_conv_transpose2d", "aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm",
+    "mkldnn::_linear_pointwise",
+})
 
 _FILES = {
     "models/stf.py": [
@@ -105,18 +116,44 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _profile_forward(model: torch.nn.Module, x: torch.Tensor, rows: int) -> list[dict[str, Any]]:
-    """The `rows` operators with the most self CPU time in one forward, with their share."""
+def _profile_forward(model: torch.nn.Module, x: torch.Tensor, rows: int) -> tuple[list[dict[str, Any]], float]:
+    """The `rows` operators with the most self CPU time in one forward, with their share,
+    and the share of all self CPU time spent in `DENSE_OPS`."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         model(x)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
-    return [
+    dense = sum(e.self_cpu_time_total for e in events if e.key in DENSE_OPS) / total
+    top = [
         {"op": e.key, "self_cpu_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / total, "calls": e.count}
         for e in events[:rows]
     ]
+    return top, dense
+
+
+def forward_bound(dense_share: float, ours_s: float, official_s: float) -> dict[str, float]:
+    """What the forward's convolutions and matrix products leave for a speed-up.
+
+    Args:
+        dense_share: share of our forward's self CPU time in `DENSE_OPS`.
+        ours_s, official_s: median forward times of both codes.
+
+    Returns:
+        `{"dense_share", "dense_s", "max_speedup", "rest_s", "rest_budget_s"}`: the dense ops'
+        share of our median time in seconds; official time over that (the speed-up if all
+        other work took no time); our time outside them; and the time the target speed-up
+        leaves for that other work (negative: out of reach unless the dense ops get faster).
+    """
+    dense_s = dense_share * ours_s
+    return {
+        "dense_share": dense_share,
+        "dense_s": dense_s,
+        "max_speedup": official_s / dense_s if dense_s > 0 else float("inf"),
+        "rest_s": ours_s - dense_s,
+        "rest_budget_s": official_s / TARGETS["forward"] - dense_s,
+    }
 
 
 def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int) -> dict[str, Any]:
@@ -127,7 +164,9 @@ def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int
 
     Returns:
         `{"samples_s": {model: {step: [...]}}, "median_s": ..., "best_s": ...,
-        "speedup_median": {step: official / ours}, "speedup_best": ...}`.
+        "speedup_median": {step: official / ours}, "speedup_best": ..., "speedup_paired": ...}`;
+        `speedup_paired` is the median over rounds of each round's official / ours, which
+        cancels drifts of the machine's speed between rounds.
     """
     steps = {
         "forward": lambda m: m(x),
@@ -155,6 +194,9 @@ def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int
         "best_s": best,
         "speedup_median": ratios(median),
         "speedup_best": ratios(best),
+        "speedup_paired": {
+            s: statistics.median(o / u for o, u in zip(samples["official"][s], samples["ours"][s])) for s in steps
+        },
         "meets_targets": {s: ratios(median)[s] >= TARGETS[s] for s in steps},
     }
 
@@ -198,7 +240,12 @@ def compare(
     xt = torch.rand(1, 3, *time_size)
     result["time"] = time_codecs(models, xt, repeat)
     if profile_rows:
-        result["forward_profile"] = {name: _profile_forward(m, xt, profile_rows) for name, m in models.items()}
+        profiles = {name: _profile_forward(m, xt, profile_rows) for name, m in models.items()}
+        result["forward_profile"] = {name: top for name, (top, _) in profiles.items()}
+        median = result["time"]["median_s"]
+        result["forward_bound"] = forward_bound(
+            profiles["ours"][1], median["ours"]["forward"], median["official"]["forward"]
+        )
     return result
 
 
@@ -210,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
     parser.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both codes")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also record the top N ops of each forward")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also record the top N ops of each forward, and the forward's bound")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
