@@ -17,11 +17,11 @@ are built with random weights. The weights are copied into our models through
   interleaved over `--repeat` rounds: the JSON keeps every sample, their median and best,
   the speed-ups (official time over ours) against the targets, the machine, the date and the
   load average before and after;
-* with `--profile N`: the N operators that take most of each forward's time
-  (`torch.profiler`), the explanation to look at when a speed-up misses its target, and the
-  forward's bound: the share of our forward spent in convolutions and matrix products
-  (`DENSE_OPS`, the same arithmetic as in the official code), that share of our median
-  forward time, and the largest speed-up left if everything else took no time at all.
+* with `--profile N`: the N operators that take most of the time of each step of each code
+  (`torch.profiler`), the explanation to look at when a speed-up misses its target, and each
+  step's bound: the share of our time spent in convolutions and matrix products
+  (`DENSE_OPS`, the same arithmetic as in the official code), that share of our median time,
+  and the largest speed-up left if everything else took no time at all.
 
 Run from the repository root (no network, nothing downloaded):
 
@@ -116,13 +116,13 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _profile_forward(model: torch.nn.Module, x: torch.Tensor, rows: int) -> tuple[list[dict[str, Any]], float]:
-    """The `rows` operators with the most self CPU time in one forward, with their share,
-    and the share of all self CPU time spent in `DENSE_OPS`."""
+def _profile(fn: Callable[[], Any], rows: int) -> tuple[list[dict[str, Any]], float]:
+    """The `rows` operators with the most self CPU time in one call of `fn`, with their
+    share, and the share of all self CPU time spent in `DENSE_OPS`."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        model(x)
+        fn()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     dense = sum(e.self_cpu_time_total for e in events if e.key in DENSE_OPS) / total
@@ -133,12 +133,13 @@ def _profile_forward(model: torch.nn.Module, x: torch.Tensor, rows: int) -> tupl
     return top, dense
 
 
-def forward_bound(dense_share: float, ours_s: float, official_s: float) -> dict[str, float]:
-    """What the forward's convolutions and matrix products leave for a speed-up.
+def bound(dense_share: float, ours_s: float, official_s: float, target: float) -> dict[str, float]:
+    """What a step's convolutions and matrix products leave for a speed-up.
 
     Args:
-        dense_share: share of our forward's self CPU time in `DENSE_OPS`.
-        ours_s, official_s: median forward times of both codes.
+        dense_share: share of our step's self CPU time in `DENSE_OPS`.
+        ours_s, official_s: median times of the step in both codes.
+        target: the step's target speed-up.
 
     Returns:
         `{"dense_share", "dense_s", "max_speedup", "rest_s", "rest_budget_s"}`: the dense ops'
@@ -152,7 +153,17 @@ def forward_bound(dense_share: float, ours_s: float, official_s: float) -> dict[
         "dense_s": dense_s,
         "max_speedup": official_s / dense_s if dense_s > 0 else float("inf"),
         "rest_s": ours_s - dense_s,
-        "rest_budget_s": official_s / TARGETS["forward"] - dense_s,
+        "rest_budget_s": official_s / target - dense_s,
+    }
+
+
+def _steps(models: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[str, Callable[[torch.nn.Module], Any]]:
+    """`{step: fn(model)}` for forward, compress and decompress of `x` (encoded once here)."""
+    encoded = {m: m.compress(x) for m in models.values()}
+    return {
+        "forward": lambda m: m(x),
+        "compress": lambda m: m.compress(x),
+        "decompress": lambda m: m.decompress(encoded[m]["strings"], encoded[m]["shape"]),
     }
 
 
@@ -160,7 +171,9 @@ def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int
     """Times forward, compress and decompress of every model on `x`, interleaved.
 
     Each round runs every step of every model once, so that on a shared machine all of them
-    see the same conditions; one untimed round warms the caches first.
+    see the same conditions, and the models take turns at going first (a step run right
+    after the other model's tends to be a few percent faster); one untimed round warms the
+    caches first.
 
     Returns:
         `{"samples_s": {model: {step: [...]}}, "median_s": ..., "best_s": ...,
@@ -168,19 +181,15 @@ def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int
         `speedup_paired` is the median over rounds of each round's official / ours, which
         cancels drifts of the machine's speed between rounds.
     """
-    steps = {
-        "forward": lambda m: m(x),
-        "compress": lambda m: m.compress(x),
-        "decompress": lambda m: m.decompress(encoded[m]["strings"], encoded[m]["shape"]),
-    }
-    encoded = {m: m.compress(x) for m in models.values()}
+    steps = _steps(models, x)
     for m in models.values():  # warm-up round
         for step in steps.values():
             step(m)
     samples = {name: {step: [] for step in steps} for name in models}
-    for _ in range(repeat):
+    order = list(models.items())
+    for r in range(repeat):
         for step, fn in steps.items():
-            for name, m in models.items():
+            for name, m in order if r % 2 == 0 else order[::-1]:
                 samples[name][step].append(_timed(lambda m=m, fn=fn: fn(m)))
     median = {n: {s: statistics.median(v) for s, v in per.items()} for n, per in samples.items()}
     best = {n: {s: min(v) for s, v in per.items()} for n, per in samples.items()}
@@ -240,12 +249,14 @@ def compare(
     xt = torch.rand(1, 3, *time_size)
     result["time"] = time_codecs(models, xt, repeat)
     if profile_rows:
-        profiles = {name: _profile_forward(m, xt, profile_rows) for name, m in models.items()}
-        result["forward_profile"] = {name: top for name, (top, _) in profiles.items()}
         median = result["time"]["median_s"]
-        result["forward_bound"] = forward_bound(
-            profiles["ours"][1], median["ours"]["forward"], median["official"]["forward"]
-        )
+        result["profile"], result["bound"] = {}, {}
+        for step, fn in _steps(models, xt).items():
+            runs = {name: _profile(lambda m=m, fn=fn: fn(m), profile_rows) for name, m in models.items()}
+            result["profile"][step] = {name: top for name, (top, _) in runs.items()}
+            result["bound"][step] = bound(
+                runs["ours"][1], median["ours"][step], median["official"][step], TARGETS[step]
+            )
     return result
 
 
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
     parser.add_argument("--repeat", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of both codes")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also record the top N ops of each forward, and the forward's bound")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also record the top N ops of each step, and each step's bound")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
