@@ -167,7 +167,12 @@ def _steps(models: dict[str, torch.nn.Module], x: torch.Tensor) -> dict[str, Cal
     }
 
 
-def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int) -> dict[str, Any]:
+def time_codecs(
+    models: dict[str, torch.nn.Module],
+    x: torch.Tensor,
+    repeat: int,
+    steps: dict[str, Callable[[torch.nn.Module], Any]] | None = None,
+) -> dict[str, Any]:
     """Times forward, compress and decompress of every model on `x`, interleaved.
 
     Each round runs every step of every model once, so that on a shared machine all of them
@@ -179,9 +184,10 @@ def time_codecs(models: dict[str, torch.nn.Module], x: torch.Tensor, repeat: int
         `{"samples_s": {model: {step: [...]}}, "median_s": ..., "best_s": ...,
         "speedup_median": {step: official / ours}, "speedup_best": ..., "speedup_paired": ...}`;
         `speedup_paired` is the median over rounds of each round's official / ours, which
-        cancels drifts of the machine's speed between rounds.
+        cancels drifts of the machine's speed between rounds. `steps` is `_steps(models, x)`
+        when given (the caller's, encoded once).
     """
-    steps = _steps(models, x)
+    steps = _steps(models, x) if steps is None else steps
     for m in models.values():  # warm-up round
         for step in steps.values():
             step(m)
@@ -247,11 +253,12 @@ def compare(
 
     models = {"official": official, "ours": ours}
     xt = torch.rand(1, 3, *time_size)
-    result["time"] = time_codecs(models, xt, repeat)
+    steps = _steps(models, xt)
+    result["time"] = time_codecs(models, xt, repeat, steps)
     if profile_rows:
         median = result["time"]["median_s"]
         result["profile"], result["bound"] = {}, {}
-        for step, fn in _steps(models, xt).items():
+        for step, fn in steps.items():
             runs = {name: _profile(lambda m=m, fn=fn: fn(m), profile_rows) for name, m in models.items()}
             result["profile"][step] = {name: top for name, (top, _) in runs.items()}
             result["bound"][step] = bound(
