@@ -346,6 +346,17 @@ class Mlp(nn.Module):
         Shapes:
             x: `(T, in_features)`, residual: `(T, out_features)` or None -> `(T, out_features)`.
         """
+        n_in, n_out = self.fc1.in_features, self.fc2.out_features
+        if x.dim() != 2 or x.shape[1] != n_in:
+            raise ValueError(
+                f"x must be rows of shape (T, {n_in}), got x of shape {tuple(x.shape)}; "
+                f"flatten the leading dimensions with x.reshape(-1, {n_in})."
+            )
+        if residual is not None and tuple(residual.shape) != (x.shape[0], n_out):
+            raise ValueError(
+                f"residual must match the output rows, ({x.shape[0]}, {n_out}), got residual of "
+                f"shape {tuple(residual.shape)}."
+            )
         record = _records(self, x, residual)
         # a power of two: GEMMs on such row blocks round like one on all rows (seen with MKL)
         step = 1 << max(0, (MLP_CHUNK_BYTES // (self.fc1.out_features * x.element_size())).bit_length() - 1)

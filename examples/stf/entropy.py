@@ -168,7 +168,15 @@ def scale_indexes(conditional: GaussianConditional, scales: Tensor) -> Tensor:
 
     Shapes:
         scales: `(B, C, H, W)`, any memory format -> `(B, C, H, W)` int32, contiguous.
+
+    Raises:
+        ValueError: if the conditional's scale table is empty (before `update()`).
     """
+    if conditional.scale_table.numel() == 0:
+        raise ValueError(
+            "the GaussianConditional's scale table is empty (scale_table.numel() == 0); call "
+            "model.update() (or conditional.update_scale_table(...)) before indexing scales."
+        )
     scales = conditional.lower_bound_scale(scales).contiguous()
     table = conditional.scale_table[:-1].to(device=scales.device, dtype=scales.dtype)
     return torch.bucketize(scales, table).int()

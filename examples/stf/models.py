@@ -79,6 +79,7 @@ class _GDN(GDN):
         if (
             x.device.type != "cpu"
             or x.dim() != 4
+            or x.numel() == 0
             or (torch.is_grad_enabled() and (x.requires_grad or self.beta.requires_grad or self.gamma.requires_grad))
             or torch.compiler.is_compiling()
             or torch.is_autocast_enabled("cpu")

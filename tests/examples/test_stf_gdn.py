@@ -26,3 +26,15 @@ def test_banded_gdn_has_the_bits_of_compressai_gdn(monkeypatch, inverse, memory_
     recorded = ours(x)  # autograd records: CompressAI's own path
     assert recorded.requires_grad
     assert torch.equal(recorded.detach(), want)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["gdn", "igdn"])
+def test_gdn_of_an_empty_map_fails_as_compressai_gdn_does(inverse):
+    # no band arithmetic on zero-width rows: the same error as CompressAI's GDN
+    x = torch.randn(1, 4, 3, 0)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError) as theirs:
+            GDN(4, inverse=inverse)(x)
+        with pytest.raises(RuntimeError) as ours:
+            models._GDN(4, inverse=inverse)(x)
+    assert str(ours.value) == str(theirs.value)

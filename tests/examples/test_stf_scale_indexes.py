@@ -23,3 +23,8 @@ def test_scale_indexes_equal_compressai_build_indexes(dtype):
     assert got.dtype == want.dtype == torch.int32
     assert torch.equal(got, want)
     assert got.flatten().tolist() == want.flatten().tolist()
+
+
+def test_scale_indexes_before_update_names_the_fix():
+    with pytest.raises(ValueError, match=r"scale table is empty.*model\.update\(\)"):
+        scale_indexes(GaussianConditional(None), torch.rand(1, 2, 3, 4))

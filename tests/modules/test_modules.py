@@ -232,6 +232,16 @@ def test_swin_block_eval_runs_the_mlp_by_rows_with_the_same_bits_in_any_grad_mod
     torch.testing.assert_close(inference, one_shot, atol=1e-6, rtol=1e-6)
 
 
+def test_mlp_forward_rows_names_bad_shapes_and_the_fix():
+    mlp = modules.Mlp(8, 16).eval()
+    with pytest.raises(ValueError, match=r"\(T, 8\), got x of shape \(2, 3, 8\).*reshape\(-1, 8\)"):
+        mlp.forward_rows(torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match=r"\(T, 8\), got x of shape \(4, 5\)"):
+        mlp.forward_rows(torch.randn(4, 5))
+    with pytest.raises(ValueError, match=r"residual must match the output rows, \(4, 8\), got residual of shape \(3, 8\)"):
+        mlp.forward_rows(torch.randn(4, 8), residual=torch.randn(3, 8))
+
+
 def test_swin_block_passes_its_arguments_to_the_attention():
     block = SwinBlock(12, 3, (7, 5), (3, 2), qkv_bias=False, attn_drop=0.25, qk_scale=0.5)
     attn = block.attn
