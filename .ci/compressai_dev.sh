@@ -10,7 +10,12 @@ cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 venv="${WINATTN_DEV_VENV:-.venv-dev}"
 
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv"
+    # torch and what it requires as hard links to the main environment's copy, where there is one,
+    # instead of a second 6 GB on the disk (.ci/seed_venv.py); pip installs whatever is missing
+    if [[ -x .venv/bin/python ]]; then .venv/bin/python .ci/seed_venv.py "$venv" torch | cut -c1-160; fi
+fi
 # torch first, at the main environment's version, so that compressai-temp's requirements keep it
 "$venv/bin/pip" install -q "torch==2.14.1"
 "$venv/bin/pip" install -q "torch==2.14.1" -e ".[compressai-dev]"

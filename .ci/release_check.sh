@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Builds the sdist and the wheel with `python -m build`, installs each (with the examples extra)
-# into a venv outside the checkout, and smoke-tests it there. The sdist goes into a clean venv,
-# which checks that its dependencies resolve; the wheel, whose declared dependencies must be
-# the sdist's (compared below), then replaces it in the same venv, so torch is installed once.
+# into a new venv and smoke-tests it from a folder outside the checkout. In that new, empty venv
+# pip first resolves the sdist's dependencies (--dry-run); then torch and what it requires are
+# hard-linked in from PYTHON's env (.ci/seed_venv.py: no second 6 GB copy on the disk), and the
+# sdist installs everything else. The wheel, whose declared dependencies must be the sdist's
+# (compared below), then replaces it in the same venv. The venv lives in the checkout, beside
+# PYTHON's venv, so that the links stay on one filesystem; it is removed on exit.
 # Usage: .ci/release_check.sh PYTHON_WITH_BUILD
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-python3}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+venv=$(mktemp -d -p "$PWD" .release-venv.XXXXXX)
+trap 'rm -rf "$tmp" "$venv"' EXIT
 "$python" -m build --sdist --wheel -o "$tmp/dist" . >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; exit 1; }
 ls "$tmp/dist"
 python3 - "$tmp"/dist/winattn-*.tar.gz "$tmp"/dist/winattn-*.whl <<'PY'
@@ -28,16 +32,18 @@ assert a and a == b, f"the wheel declares other dependencies than the sdist:\n{a
 print(f"wheel and sdist declare the same {len(a)} dependency lines")
 PY
 
-python3 -m venv "$tmp/venv"
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q --dry-run "$(echo "$tmp"/dist/winattn-*.tar.gz)[examples]"  # resolves from nothing
+"$python" .ci/seed_venv.py "$venv" torch | cut -c1-160
 for dist in "$tmp"/dist/winattn-*.tar.gz "$tmp"/dist/winattn-*.whl; do
     echo "--- $(basename "$dist")"
     if [[ "$dist" == *.tar.gz ]]; then
-        "$tmp/venv/bin/pip" install -q "$dist"  # clean venv: the dependencies resolve
+        "$venv/bin/pip" install -q "$dist"  # all but torch's closure come from the index
     else
-        "$tmp/venv/bin/pip" uninstall -q -y winattn
-        "$tmp/venv/bin/pip" install -q --no-deps "$dist"
+        "$venv/bin/pip" uninstall -q -y winattn
+        "$venv/bin/pip" install -q --no-deps "$dist"
     fi
-    (cd "$tmp" && "$tmp/venv/bin/python" - <<'PY'
+    (cd "$tmp" && "$venv/bin/python" - <<'PY'
 import sys
 import torch
 import winattn
@@ -50,10 +56,10 @@ assert y.shape == (1, 9, 11, 32)
 print("core ok:", winattn.__version__, winattn.__file__)
 PY
     )
-    "$tmp/venv/bin/winattn" info
+    "$venv/bin/winattn" info
     # the examples extra: winattn_examples beside CompressAI's own `examples` package
-    "$tmp/venv/bin/pip" install -q "$dist[examples]"
-    (cd "$tmp" && "$tmp/venv/bin/python" -W error::FutureWarning - <<'PY'
+    "$venv/bin/pip" install -q "$dist[examples]"
+    (cd "$tmp" && "$venv/bin/python" -W error::FutureWarning - <<'PY'
 import torch
 from winattn_examples.stf import zoo
 from winattn_examples.stf.data import SMOKE_DIR
@@ -67,7 +73,7 @@ assert len(list(SMOKE_DIR.glob("*.png"))) == 4, SMOKE_DIR
 print("examples ok:", WACNN.__module__)
 PY
     )
-    "$tmp/venv/bin/winattn" models >"$tmp/models.txt"
+    "$venv/bin/winattn" models >"$tmp/models.txt"
     grep -q "^  bmshj2018-hyperprior-winattn" "$tmp/models.txt"
-    "$tmp/venv/bin/python" -m winattn_examples.stf.train --help >/dev/null
+    "$venv/bin/python" -m winattn_examples.stf.train --help >/dev/null
 done
