@@ -24,34 +24,38 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm import tqdm
 
 from winattn import patch_model
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp"}
+if __package__:  # imported (examples.finetune_patched, winattn_examples.finetune_patched)
+    from .stf.data import find_images, read_image
+else:  # run as a script: its folder is on sys.path
+    from stf.data import find_images, read_image
+
 # CompressAI's MSE lambdas of the zoo's qualities 1..8 (the rate point the weights were trained at).
 MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
 class ImageCrops(Dataset):
-    """Random crops of every image under `root`, as `(3, size, size)` tensors in `[0, 1]`."""
+    """Random crops of every image under `root`, as `(3, size, size)` tensors in `[0, 1]`.
+
+    Images are read as the STF example reads them (`stf.data.read_image`): 16-bit images are
+    scaled from 16 bits and an alpha channel is dropped, each with a warning; images smaller than
+    `size` are zero-padded.
+    """
 
     def __init__(self, root: str, size: int) -> None:
-        self.files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in EXTENSIONS)
-        if not self.files:
-            raise ValueError(f"no images under dataset={root!r}; expected {sorted(EXTENSIONS)} files.")
-        self.transform = transforms.Compose(
-            [transforms.RandomCrop(size, pad_if_needed=True), transforms.ToTensor()]
-        )
+        self.files = find_images(root)
+        self.crop = transforms.RandomCrop(size, pad_if_needed=True)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(Image.open(self.files[i]).convert("RGB"))
+        return self.crop(read_image(self.files[i]))
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
