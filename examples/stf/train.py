@@ -58,7 +58,7 @@ FULL_DEFAULTS = dict(
 # Settings a resumed run must share with the run it continues to repeat it exactly.
 SCHEDULE_KEYS = ("iterations", "lr", "lr_drop", "aux_lr", "clip_max_norm", "batch_size",
                  "patch_size", "seed", "train_dir", "world_size")
-INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT (143 after SIGTERM)
 
 
 def default_workers() -> int:
@@ -418,7 +418,7 @@ def make_loaders(args: argparse.Namespace, runtime: Runtime):
     train_loader = DataLoader(
         train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
         drop_last=True, pin_memory=pin, persistent_workers=args.num_workers > 0,
-        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_ignore_sigint,
+        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_leave_signals_to_main,
     )
     val_loader = None
     if args.val_dir is not None:
@@ -427,7 +427,7 @@ def make_loaders(args: argparse.Namespace, runtime: Runtime):
         val_loader = DataLoader(shard, batch_size=args.val_batch_size,
                                 num_workers=args.num_workers, pin_memory=pin,
                                 generator=torch.Generator().manual_seed(args.seed),
-                                worker_init_fn=_ignore_sigint)
+                                worker_init_fn=_leave_signals_to_main)
     return train_loader, val_loader
 
 
@@ -521,29 +521,42 @@ def remove_stale_temporaries(save_dir: Path) -> list[Path]:
 
 
 class StopRequest:
-    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current step.
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step.
 
-    A second Ctrl-C interrupts at once. Used as a context manager around the training loop;
-    the previous handler is restored on exit.
+    SIGTERM is what a scheduler (SLURM, Kubernetes) or `torchrun` sends before it kills a job,
+    so a preempted run also ends with a checkpoint to resume from. A second signal stops at
+    once: Ctrl-C raises `KeyboardInterrupt`, SIGTERM terminates. Used as a context manager around
+    the training loop; the previous handlers are restored on exit.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.requested, self.signum = True, signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print("\ntrain.py: stopping after this step and saving a checkpoint (Ctrl-C again "
-              "stops at once, keeping the last checkpoint).", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\ntrain.py: {name}: stopping after this step and saving a checkpoint (a second "
+              "signal stops at once, keeping the last checkpoint).", file=sys.stderr, flush=True)
+
+    @property
+    def exit_status(self) -> int:
+        """The status a shell reports for the signal that asked to stop: 130 or 143."""
+        return 128 + int(self.signum or signal.SIGINT)
 
     def __enter__(self) -> StopRequest:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
     def agreed(self) -> bool:
         """Whether any process was asked to stop (a collective call when distributed)."""
@@ -554,9 +567,11 @@ class StopRequest:
         return bool(flag.item())
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Data workers leave Ctrl-C to the main process, which stops at a step boundary."""
+def _leave_signals_to_main(worker_id: int) -> None:
+    """Data workers leave Ctrl-C and SIGTERM to the main process, which stops at a step
+    boundary; a worker ends by itself once the main process is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -676,7 +691,8 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
         if runtime.is_main:
             print(f"train.py: interrupted at step {step}; saved {checkpoint_path}. Continue "
                   f"with --resume {checkpoint_path}.", file=sys.stderr)
-        raise SystemExit(INTERRUPTED)
+        # the signal this process got; a process stopped by another's signal reports Ctrl-C's
+        raise SystemExit(stop.exit_status)
     if runtime.is_main:
         print(f"step {step}: saved {checkpoint_path}", flush=True)
 

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Interrupted and resumed training (`examples/stf/train.py`): exact resumption, no lost or
-overwritten checkpoints, clean Ctrl-C."""
+overwritten checkpoints, a clean stop on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -107,7 +107,9 @@ def test_resuming_from_a_weights_export_is_refused(tmp_path, capsys):
     assert "holds weights only" in capsys.readouterr().err
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_without_a_traceback(tmp_path):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_a_checkpoint_and_exits_without_a_traceback(tmp_path, signum, status):
     command = [sys.executable, str(SCRIPTS / "train.py"), "--smoke", "--iterations", "100000",
                "--save-every", "100000", "--val-every", "100000", "--no-progress",
                "--save-dir", str(tmp_path)]
@@ -116,10 +118,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_without_a_traceback(tmp_path):
                                env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
                                     "PATH": ""})
     first_line = process.stdout.readline()  # printed once the handler is in place
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=240)
     assert "checkpoints go to" in first_line
-    assert process.returncode == train.INTERRUPTED, err
+    assert process.returncode == status, err
     assert "Traceback" not in err and "interrupted at step" in err
     assert zoo.read_checkpoint(tmp_path / "checkpoint.pth.tar")["step"] >= 1
 
