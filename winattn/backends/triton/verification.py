@@ -173,14 +173,22 @@ def _class_reasons(env: str | None, dev: str, *parts) -> tuple[str, ...]:
 
 
 def summary() -> list[str]:
-    """Lines for `winattn info`: the verified classes per device class."""
+    """Lines for `winattn info`: the verified classes per device class, one line per dtype,
+    head-dim block and window, listing its bias/shift paths with their padding modes."""
     record = verified_classes()
     if not record:
         return [f"no triton verification record ({record_path()}): auto never picks triton"]
     lines = []
     for dev, classes in sorted(record.items()):
-        lines.append(f"{dev}: {len(classes)} configuration classes verified")
-        lines += [f"  {c}" for c in sorted(classes)]
+        lines.append(f"{dev}: {len(classes)} configuration classes verified "
+                     "(bias/shift (padding modes) per dtype, head dim and window)")
+        groups: dict[tuple, dict[tuple[str, str], list[str]]] = {}
+        for c in sorted(classes):
+            paths = groups.setdefault((c.dtype, c.head_dim_block, c.window), {})
+            paths.setdefault((c.bias, "shifted" if c.shifted else "unshifted"), []).append(c.padding)
+        for (dtype, block, (wh, ww)), paths in groups.items():
+            text = ", ".join(f"{b}/{s} ({', '.join(p)})" for (b, s), p in paths.items())
+            lines.append(f"  {dtype} head_dim<={block} window {wh}x{ww}: {text}")
     return lines
 
 
