@@ -25,6 +25,7 @@ and a conv's rounding depends on the memory format of its input, so `forward`, `
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -57,15 +58,30 @@ def channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+#: PyTorch sends a 3x3 convolution of one map this small (input elements) to its own kernel.
+_SMALL_MAP = 20480
+
+
+@functools.cache
+def _onednn_for_small_maps() -> bool:
+    """Whether oneDNN beats PyTorch's kernel on small maps on this CPU: measured on AVX-512
+    (oneDNN faster) and AVX2 (PyTorch's kernel faster at 8x8 maps: 770 against 1094 us for
+    320 -> 224 channels); unmeasured ISAs keep PyTorch's choice."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 class OneDNNConv2d(nn.Conv2d):
-    """`nn.Conv2d` that sends every fp32 CPU batch to oneDNN's convolution.
+    """`nn.Conv2d` that sends fp32 CPU batches to oneDNN's convolution where it is faster.
 
     For a 3x3 convolution of one small map (at most 20480 input elements) PyTorch picks its
-    slow reference kernel (`_slow_conv2d_forward`, im2col and a GEMM) over oneDNN. In the
-    entropy model those are the hyper-synthesis convolutions on the hyper-latent (1/64 of the
-    image) and, on small images, the slice transforms; oneDNN is faster on them too. Other
-    inputs (other dtypes or devices, autocast, `torch.compile`) take `nn.Conv2d`'s own route.
-    Parameters and state-dict names are those of `nn.Conv2d`.
+    reference kernel (`_slow_conv2d_forward`, im2col and a GEMM) over oneDNN. In the entropy
+    model those are the hyper-synthesis convolutions on the hyper-latent (1/64 of the image)
+    and, on small images, the slice transforms. On CPUs with AVX-512 oneDNN is faster on them
+    too, so every call takes oneDNN; on other CPUs (AVX2: PyTorch's kernel is faster there) small
+    maps keep PyTorch's choice and larger ones take oneDNN, as `nn.Conv2d` would. The choice
+    depends only on the shape and the CPU, so `compress`, `decompress` and `forward` run the
+    same kernels. Other inputs (other dtypes or devices, autocast, `torch.compile`) take
+    `nn.Conv2d`'s own route. Parameters and state-dict names are those of `nn.Conv2d`.
 
     Shapes:
         x: `(B, C_in, H, W)` -> `(B, C_out, H', W')`, in the memory format of `x`.
@@ -86,6 +102,7 @@ class OneDNNConv2d(nn.Conv2d):
             and torch.backends.mkldnn.is_available()
             and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
+            and (x.shape[0] > 1 or x.numel() > _SMALL_MAP or _onednn_for_small_maps())
         ):
             return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
         return super()._conv_forward(x, weight, bias)

@@ -1,14 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The entropy model's fast paths: oneDNN convolutions on the CPU, never PyTorch's slow kernel,
-and a compress that skips the work nothing reads."""
+"""The entropy model's fast paths: oneDNN convolutions on the CPU where they are faster than
+PyTorch's own kernel, and a compress that skips the work nothing reads."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from examples.stf import entropy
 from examples.stf.entropy import OneDNNConv2d
 from examples.stf.models import WACNN, SymmetricalTransFormer
 
@@ -19,13 +22,43 @@ def _ops(fn) -> set[str]:
     return {event.key for event in prof.key_averages()}
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a PyTorch built with oneDNN")
-def test_small_3x3_conv_avoids_the_slow_reference_kernel():
+_needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="needs a PyTorch built with oneDNN"
+)
+
+
+@_needs_onednn
+def test_small_3x3_conv_takes_onednn_where_it_is_faster(monkeypatch):
+    monkeypatch.setattr(entropy, "_onednn_for_small_maps", lambda: True)  # an AVX-512 CPU
     conv = OneDNNConv2d(16, 8, kernel_size=3, padding=1)
     x = torch.randn(1, 16, 4, 6)  # 384 elements: nn.Conv2d would take _slow_conv2d_forward
     with torch.no_grad():
         assert "aten::_slow_conv2d_forward" in _ops(lambda: nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
         assert "aten::_slow_conv2d_forward" not in _ops(lambda: conv(x))
+
+
+@_needs_onednn
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_small_maps_keep_pytorchs_kernel_elsewhere_and_larger_ones_take_onednn(monkeypatch, memory_format):
+    monkeypatch.setattr(entropy, "_onednn_for_small_maps", lambda: False)  # an AVX2 CPU
+    conv = OneDNNConv2d(16, 8, kernel_size=3, padding=1)
+    small = torch.randn(1, 16, 4, 6).contiguous(memory_format=memory_format)
+    at_limit = torch.randn(1, 20, 32, 32).contiguous(memory_format=memory_format)  # 20480
+    large = torch.randn(1, 16, 40, 33).contiguous(memory_format=memory_format)  # 21120
+    batch = torch.randn(2, 16, 4, 6).contiguous(memory_format=memory_format)
+    wide = OneDNNConv2d(20, 8, kernel_size=3, padding=1)
+    with torch.no_grad():
+        for layer, x in ((conv, small), (wide, at_limit)):
+            pytorch = _ops(partial(nn.functional.conv2d, x, layer.weight, layer.bias, padding=1))
+            assert _ops(partial(layer, x)) == pytorch
+            assert "aten::mkldnn_convolution" not in pytorch
+        for x in (large, batch):
+            assert "aten::mkldnn_convolution" in _ops(partial(conv, x))
+
+
+def test_onednn_for_small_maps_follows_the_cpu_capability():
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert entropy._onednn_for_small_maps() == capability.startswith("AVX512")
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
