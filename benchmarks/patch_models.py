@@ -6,7 +6,8 @@ Runs in the environment with CompressAI's development line (`.ci/compressai_dev.
 `benchmarks/results/` (machine, date, load average, versions, every sample's summary):
 
 * `transforms` (the default on the CPU): g_a, g_s, h_a and h_s of STF, WACNN, TCM and DCAE at
-  their paper configurations, eval mode, `torch.no_grad()`, one image per size. The unpatched
+  their paper configurations, and the whole entropy model (`latent_codec`: h_a, h_s and, in
+  TCM, the channel context's attention blocks), eval mode, `torch.no_grad()`, one image per size. The unpatched
   and the patched model run the same inputs, interleaved call by call, so both see the same load.
 * `model` (the default on CUDA): the whole forward (no_grad) and one training step (forward,
   rate-distortion loss, backward, Adam step) of STF and TCM, a batch of 8 256x256 images under
@@ -56,7 +57,7 @@ MODELS = {
     "tcm": "compressai.models.tcm:TCM",
     "dcae": "compressai.models.dcae:DCAE",
 }
-TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")
+TRANSFORMS = ("g_a", "g_s", "h_a", "h_s", "latent_codec")
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
@@ -67,7 +68,8 @@ def build(name: str, seed: int = 0) -> nn.Module:
 
 
 def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
-    """g_a, g_s, h_a, h_s of a development-zoo codec as functions of one tensor."""
+    """g_a, g_s, h_a, h_s and the entropy model (`latent_codec`, on the latent) of a
+    development-zoo codec as functions of one tensor."""
     codec = model.latent_codec
     if hasattr(model, "_analysis_transform"):  # STF: token layout between its stages
 
@@ -79,7 +81,7 @@ def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
 
     else:
         g_a, g_s = model.g_a, model.g_s
-    return {"g_a": g_a, "g_s": g_s, "h_a": codec.h_a, "h_s": codec.h_s}
+    return {"g_a": g_a, "g_s": g_s, "h_a": codec.h_a, "h_s": codec.h_s, "latent_codec": codec}
 
 
 def transform_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -88,7 +90,7 @@ def transform_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     with torch.no_grad():
         y = fns["g_a"](x)
         z = fns["h_a"](y)
-    return {"g_a": x, "g_s": torch.round(y), "h_a": y, "h_s": torch.round(z)}
+    return {"g_a": x, "g_s": torch.round(y), "h_a": y, "h_s": torch.round(z), "latent_codec": y}
 
 
 def _sync(device: torch.device) -> None:
@@ -168,7 +170,7 @@ def swaps(model: nn.Module) -> list[dict[str, Any]]:
     ]
 
 
-def transform_pairs(names: Sequence[str], sizes: Sequence[tuple[int, int]], device: torch.device, log: Callable[[str], None]) -> tuple[list[Pair], dict[str, Any]]:
+def transform_pairs(names: Sequence[str], sizes: Sequence[tuple[int, int]], device: torch.device, log: Callable[[str], None], what: Sequence[str] = TRANSFORMS) -> tuple[list[Pair], dict[str, Any]]:
     pairs, reports = [], {}
     for name in names:
         before = build(name).eval().to(device)
@@ -179,7 +181,7 @@ def transform_pairs(names: Sequence[str], sizes: Sequence[tuple[int, int]], devi
         for h, w in sizes:
             x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
             inputs = transform_inputs(before, x)
-            for t in TRANSFORMS:
+            for t in what:
 
                 def run(fn: Callable[[Tensor], Tensor] = fb[t], inp: Tensor = inputs[t]) -> Tensor:
                     with torch.no_grad():
@@ -282,8 +284,9 @@ def markdown(document: dict[str, Any]) -> str:
     """The docs table of a `transforms` result: per model and size, what was swapped at which
     level, and the median time of each transform before -> after (ratio of the medians and
     of the minima)."""
-    rows = ["| model | swapped (level, host: count, window/shift) | size | " + " | ".join(TRANSFORMS) + " |"]
-    rows.append("|---|---|---|" + "---|" * len(TRANSFORMS))
+    columns = [t for t in TRANSFORMS if any(r["what"] == t for r in document["results"])]
+    rows = ["| model | swapped (level, host: count, window/shift) | size | " + " | ".join(columns) + " |"]
+    rows.append("|---|---|---|" + "---|" * len(columns))
     by_key: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in document["results"]:
         by_key.setdefault((r["model"], r["size"]), {})[r["what"]] = r
@@ -297,7 +300,7 @@ def markdown(document: dict[str, Any]) -> str:
         swapped = "<br>".join(f"{level}, `{host}`: {counts[(level, host)]}, {' '.join(sorted(ws))}" for (level, host), ws in groups.items())
         times = [
             f"{c['unpatched']['median_ms']:.0f} → {c['patched']['median_ms']:.0f} ms ({c['ratio_median']:.2f}x, min {c['ratio_min']:.2f}x)" if (c := cells.get(t)) else "–"
-            for t in TRANSFORMS
+            for t in columns
         ]
         rows.append(f"| {model} | {swapped} | {size} | " + " | ".join(times) + " |")
     return "\n".join(rows)
@@ -319,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--section", choices=("transforms", "model"), help="default: transforms on the CPU, model on CUDA")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: all four (transforms), stf and tcm (model)")
     parser.add_argument("--sizes", nargs="+", type=_size, default=None, help="transforms: image sizes HxW (default: 256x256 512x768)")
+    parser.add_argument("--what", nargs="+", choices=TRANSFORMS, default=list(TRANSFORMS), help="transforms: which to time (default: all)")
     parser.add_argument("--size", type=_size, default=(256, 256), help="model: image size HxW (default: 256x256)")
     parser.add_argument("--batch", type=int, default=8, help="model: batch (default: 8)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="model: autocast dtype (default: bf16)")
@@ -351,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if section == "transforms":
         names = args.models or list(MODELS)
         sizes = args.sizes or [(256, 256), (512, 768)]
-        pairs, reports = transform_pairs(names, sizes, device, log)
+        pairs, reports = transform_pairs(names, sizes, device, log, args.what)
         settings = {"section": section, "device": str(device), "dtype": "float32", "batch": 1, "sizes": [f"{h}x{w}" for h, w in sizes], "mode": "eval, torch.no_grad()"}
     else:
         names = args.models or ["stf", "tcm"]
