@@ -75,6 +75,9 @@ class _GDN(GDN):
         x: `(B, C, H, W)` -> `(B, C, H, W)`, in the memory format of `x`.
     """
 
+    def _get_name(self) -> str:  # printed models read as the official ones
+        return "GDN"
+
     def forward(self, x: Tensor) -> Tensor:
         if (
             x.device.type != "cpu"

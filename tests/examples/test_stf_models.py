@@ -306,3 +306,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch: str) -> None:
 def test_aux_loss_is_a_finite_scalar() -> None:
     loss = WACNN(**CNN_TINY).aux_loss()
     assert loss.dim() == 0 and torch.isfinite(loss)
+
+
+def test_printed_models_name_the_official_layer_classes() -> None:
+    for model in (WACNN(N=32, M=40, num_slices=5),
+                  SymmetricalTransFormer(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), num_slices=4)):
+        text = repr(model)
+        assert "GELU(approximate='none')" in text
+        assert "_GELU" not in text and "_GDN" not in text
+    assert "GDN(" in repr(WACNN(N=32, M=40, num_slices=5))
