@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-python3}
 tmp=$(mktemp -d)
+venv=""
+trap 'rm -rf "$tmp" ${venv:+"$venv"}' EXIT
 venv=$(mktemp -d -p "$PWD" .release-venv.XXXXXX)
-trap 'rm -rf "$tmp" "$venv"' EXIT
 "$python" -m build --sdist --wheel -o "$tmp/dist" . >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log"; exit 1; }
 ls "$tmp/dist"
 python3 - "$tmp"/dist/winattn-*.tar.gz "$tmp"/dist/winattn-*.whl <<'PY'

@@ -6,9 +6,11 @@ CI needs torch (about 6 GB with its CUDA libraries) in three venvs: the main one
 development line and the release check's clean one. Installing it three times fills the disk of
 some CI machines. Hard links cost no space, and pip then sees the package as installed at the same
 version, so its own resolver still decides everything else. Only files inside site-packages are
-linked (console scripts carry the source venv's interpreter path). Where the two venvs are on
-different filesystems nothing is linked, and pip installs the package as usual.
-Prints what it linked; exits 0 either way.
+linked (console scripts carry the source venv's interpreter path), and only of distributions the
+new venv does not hold yet. Where the two venvs are on different filesystems, or the source has
+no such package, nothing is linked and pip installs the package as usual; whatever stops the
+linking half-way, the links made are removed. Prints what it did; exits 0 unless an
+unexpected error is raised.
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def closure(name: str) -> list[md.Distribution]:
     return list(seen.values())
 
 
+def _plan(dists: list[md.Distribution], dest: Path) -> list[tuple[Path, Path]]:
+    """(source, destination) of every file to link, the `.dist-info` files last: pip counts a
+    distribution as installed only once they are there."""
+    files, metadata = [], []
+    for dist in dists:
+        base = Path(dist.locate_file("")).resolve()
+        for rel in dist.files or []:
+            src = Path(dist.locate_file(rel)).resolve()
+            if not src.is_file() or not src.is_relative_to(base):
+                continue  # console scripts, stale __pycache__ entries
+            rel_path = src.relative_to(base)
+            in_metadata = rel_path.parts[0].endswith(".dist-info")
+            (metadata if in_metadata else files).append((src, dest / rel_path))
+    return files + metadata
+
+
 def main() -> int:
     dest_venv, package = Path(sys.argv[1]), sys.argv[2]
     probe = "import sys, sysconfig; print(sys.version_info[:2] == %r); print(sysconfig.get_paths()['purelib'])"
@@ -51,46 +69,46 @@ def main() -> int:
     ).split("\n")[:2]
     dest = Path(purelib)
     if same_python != "True":
-        print(
-            f"seed_venv: {dest_venv} runs another Python than {sys.executable}; pip installs {package} instead"
-        )
+        print(f"seed_venv: {dest_venv} runs another Python than {sys.executable}; nothing linked")
         return 0
+    try:
+        wanted = closure(package)
+    except md.PackageNotFoundError as e:
+        print(f"seed_venv: {sys.executable} has no {e.name}; nothing linked")
+        return 0
+    # never mix two versions of one distribution (a new venv's own setuptools, say): pip
+    # decides what to do with those
+    present = {canonicalize_name(d.metadata["Name"]) for d in md.distributions(path=[str(dest)])}
+    dists = [d for d in wanted if canonicalize_name(d.metadata["Name"]) not in present]
     linked: list[Path] = []
     made: list[Path] = []
-    dists = closure(package)
     try:
-        for dist in dists:
-            base = Path(dist.locate_file("")).resolve()
-            for rel in dist.files or []:
-                src = Path(dist.locate_file(rel)).resolve()
-                if not src.is_file() or not src.is_relative_to(base):
-                    continue  # console scripts, stale __pycache__ entries
-                dst = dest / src.relative_to(base)
-                missing = [
-                    d
-                    for d in (dst.parent, *dst.parent.parents)
-                    if d.is_relative_to(dest) and not d.exists()
-                ]
-                for d in reversed(missing):
-                    d.mkdir()
-                    made.append(d)
-                if not dst.exists():
-                    os.link(src, dst)
-                    linked.append(dst)
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-            raise
+        for src, dst in _plan(dists, dest):
+            missing = [
+                d
+                for d in (dst.parent, *dst.parent.parents)
+                if d.is_relative_to(dest) and not d.exists()
+            ]
+            for d in reversed(missing):
+                d.mkdir()
+                made.append(d)
+            if not dst.exists():  # namespace files shared by several distributions
+                os.link(src, dst)
+                linked.append(dst)
+    except BaseException as e:  # leave the venv as it was, whatever stopped the linking
         for path in linked:
             path.unlink()
         for d in reversed(made):
             d.rmdir()
-        print(
-            f"seed_venv: no hard links from {base} to {dest} ({e.strerror}); pip installs {package} instead"
-        )
-        return 0
+        if isinstance(e, OSError) and e.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            print(f"seed_venv: no hard links into {dest} ({e.strerror}); nothing linked")
+            return 0
+        raise
     names = ", ".join(f"{d.metadata['Name']} {d.version}" for d in dists)
+    skipped = sorted({canonicalize_name(d.metadata["Name"]) for d in wanted} & present)
     print(
-        f"seed_venv: linked {len(linked)} files of {len(dists)} distributions into {dest}: {names}"
+        f"seed_venv: linked {len(linked)} files of {len(dists)} distributions into {dest}"
+        f" (already there: {', '.join(skipped) or 'none'}): {names}"
     )
     return 0
 
