@@ -418,7 +418,7 @@ def make_loaders(args: argparse.Namespace, runtime: Runtime):
     train_loader = DataLoader(
         train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
         drop_last=True, pin_memory=pin, persistent_workers=args.num_workers > 0,
-        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_leave_signals_to_main,
+        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_ignore_sigint,
     )
     val_loader = None
     if args.val_dir is not None:
@@ -427,7 +427,7 @@ def make_loaders(args: argparse.Namespace, runtime: Runtime):
         val_loader = DataLoader(shard, batch_size=args.val_batch_size,
                                 num_workers=args.num_workers, pin_memory=pin,
                                 generator=torch.Generator().manual_seed(args.seed),
-                                worker_init_fn=_leave_signals_to_main)
+                                worker_init_fn=_ignore_sigint)
     return train_loader, val_loader
 
 
@@ -559,19 +559,22 @@ class StopRequest:
             signal.signal(s, handler)
 
     def agreed(self) -> bool:
-        """Whether any process was asked to stop (a collective call when distributed)."""
+        """Whether any process was asked to stop (a collective call when distributed). When
+        one was, every process takes its signal, so all of them exit with the same status."""
         if not self.runtime.distributed:
             return self.requested
-        flag = torch.tensor([float(self.requested)], device=self.runtime.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        flags = torch.tensor([float(self.requested), float(self.signum or 0)], device=self.runtime.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        requested, signum = (int(v) for v in flags.tolist())
+        if requested and self.signum is None:
+            self.signum = signum
+        return bool(requested)
 
 
-def _leave_signals_to_main(worker_id: int) -> None:
-    """Data workers leave Ctrl-C and SIGTERM to the main process, which stops at a step
-    boundary; a worker ends by itself once the main process is gone."""
+def _ignore_sigint(worker_id: int) -> None:
+    """Data workers leave Ctrl-C to the main process, which stops at a step boundary. SIGTERM
+    keeps PyTorch's worker handling: the DataLoader shuts its workers down with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -126,6 +126,22 @@ def test_a_stop_signal_saves_a_checkpoint_and_exits_without_a_traceback(tmp_path
     assert zoo.read_checkpoint(tmp_path / "checkpoint.pth.tar")["step"] >= 1
 
 
+@pytest.mark.parametrize(("mine", "other", "status"), [(None, signal.SIGTERM, 143), (signal.SIGINT, None, 130)])
+def test_every_process_exits_with_the_status_of_the_signal_that_stopped_the_run(
+    monkeypatch, mine, other, status
+):
+    stop = train.StopRequest(train.Runtime(rank=0, world_size=2, device=torch.device("cpu")))
+    stop.requested, stop.signum = mine is not None, mine
+
+    def all_reduce(flags, op):  # the other rank's flags, reduced with MAX as gloo would
+        theirs = torch.tensor([float(other is not None), float(other or 0)])
+        flags.copy_(torch.maximum(flags, theirs))
+
+    monkeypatch.setattr(train.dist, "all_reduce", all_reduce)
+    assert stop.agreed() is True
+    assert stop.exit_status == status
+
+
 def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
