@@ -29,7 +29,6 @@ import importlib
 import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -237,17 +236,13 @@ def model_pairs(names: Sequence[str], size: tuple[int, int], batch: int, dtype: 
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    """CPU model and instruction set, cores, threads, platform, GPU and load average
+    (`winattn._bench.machine_info`, whose package versions are left to `versions()`)."""
+    from winattn._bench import machine_info
+
+    info = machine_info(device)
+    for key in ("packages", "torch"):
+        info.pop(key, None)
     return info
 
 
