@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,7 +420,7 @@ def make_loaders(args: argparse.Namespace, runtime: Runtime):
     train_loader = DataLoader(
         train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
         drop_last=True, pin_memory=pin, persistent_workers=args.num_workers > 0,
-        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_ignore_sigint,
+        generator=torch.Generator().manual_seed(args.seed), worker_init_fn=_leave_signals_to_main,
     )
     val_loader = None
     if args.val_dir is not None:
@@ -427,7 +429,7 @@ def make_loaders(args: argparse.Namespace, runtime: Runtime):
         val_loader = DataLoader(shard, batch_size=args.val_batch_size,
                                 num_workers=args.num_workers, pin_memory=pin,
                                 generator=torch.Generator().manual_seed(args.seed),
-                                worker_init_fn=_ignore_sigint)
+                                worker_init_fn=_leave_signals_to_main)
     return train_loader, val_loader
 
 
@@ -571,10 +573,27 @@ class StopRequest:
         return bool(requested)
 
 
-def _ignore_sigint(worker_id: int) -> None:
-    """Data workers leave Ctrl-C to the main process, which stops at a step boundary. SIGTERM
-    keeps PyTorch's worker handling: the DataLoader shuts its workers down with it."""
+def _leave_signals_to_main(worker_id: int) -> None:
+    """Data workers leave Ctrl-C and other processes' SIGTERM to the main process, which stops
+    at a step boundary. A scheduler may send SIGTERM to every process of the job; a worker that
+    died of it would make the DataLoader raise in the main process before it saves. The main
+    process's own SIGTERM (the DataLoader's and Python's shutdown of a worker) still ends the
+    worker at once, as PyTorch's handler does: SIGTERM is blocked in the worker and a thread
+    reads each one with its sender (Linux; elsewhere PyTorch's handling is kept)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    creator = multiprocessing.parent_process()  # the main process, also under forkserver
+    parents = {os.getppid(), *([creator.pid] if creator is not None else [])}
+    # blocked before any other thread of the worker exists, so every later thread inherits it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid in parents:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-main", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,9 +4,12 @@ overwritten checkpoints, a clean stop on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +127,41 @@ def test_a_stop_signal_saves_a_checkpoint_and_exits_without_a_traceback(tmp_path
     assert process.returncode == status, err
     assert "Traceback" not in err and "interrupted at step" in err
     assert zoo.read_checkpoint(tmp_path / "checkpoint.pth.tar")["step"] >= 1
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(v) for v in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo") or not Path("/proc/self/task").exists(),
+                    reason="workers read SIGTERM's sender with sigwaitinfo (Linux)")
+def test_sigterm_to_every_process_of_the_job_still_saves_a_checkpoint(tmp_path):
+    # a scheduler signalling the whole job: the data worker gets SIGTERM too, and ignores it
+    command = [sys.executable, str(SCRIPTS / "train.py"), "--smoke", "--iterations", "100000",
+               "--save-every", "100000", "--val-every", "100000", "--no-progress",
+               "--num-workers", "1", "--save-dir", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+                                    "PATH": ""})
+    try:
+        assert "checkpoints go to" in process.stdout.readline()
+        deadline = time.monotonic() + 120
+        while not _children(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = _children(process.pid)
+        assert workers, "the data worker did not start"
+        time.sleep(3)  # past the worker's init function, which sets its signal handling
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, err
+    assert "Traceback" not in err and "interrupted at step" in err
+    assert zoo.read_checkpoint(tmp_path / "checkpoint.pth.tar")["step"] >= 1
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)  # shut down with the run
 
 
 @pytest.mark.parametrize(("mine", "other", "status"), [(None, signal.SIGTERM, 143), (signal.SIGINT, None, 130)])
