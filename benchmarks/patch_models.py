@@ -66,7 +66,7 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return getattr(importlib.import_module(module), cls)()
 
 
-def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
+def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Any]]:
     """g_a, g_s, h_a, h_s and the entropy model (`latent_codec`, on the latent) of a
     development-zoo codec as functions of one tensor."""
     codec = model.latent_codec
@@ -182,11 +182,11 @@ def transform_pairs(names: Sequence[str], sizes: Sequence[tuple[int, int]], devi
             inputs = transform_inputs(before, x)
             for t in what:
 
-                def run(fn: Callable[[Tensor], Tensor] = fb[t], inp: Tensor = inputs[t]) -> Tensor:
+                def run(fn: Callable[[Tensor], Any] = fb[t], inp: Tensor = inputs[t]) -> Any:
                     with torch.no_grad():
                         return fn(inp)
 
-                def run_after(fn: Callable[[Tensor], Tensor] = fa[t], inp: Tensor = inputs[t]) -> Tensor:
+                def run_after(fn: Callable[[Tensor], Any] = fa[t], inp: Tensor = inputs[t]) -> Any:
                     with torch.no_grad():
                         return fn(inp)
 
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if section == "transforms":
         names = args.models or list(MODELS)
         sizes = args.sizes or [(256, 256), (512, 768)]
-        pairs, reports = transform_pairs(names, sizes, device, log, args.what)
+        pairs, reports = transform_pairs(names, sizes, device, log, list(dict.fromkeys(args.what)))
         settings = {"section": section, "device": str(device), "dtype": "float32", "batch": 1, "sizes": [f"{h}x{w}" for h, w in sizes], "mode": "eval, torch.no_grad()"}
     else:
         names = args.models or ["stf", "tcm"]
