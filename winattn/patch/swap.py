@@ -47,6 +47,9 @@ _QKV_NAMES = (
 )
 
 
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+
+
 def _host_of(m: nn.Module) -> Host | None:
     return next((h for h in HOSTS if h.matches(m)), None)
 
@@ -188,7 +191,8 @@ def foreign_attention(model: nn.Module) -> list[str]:
     its name in the parent says so (attn, attention, msa, transformer, swin), or it has
     query/key/value projections (children `queries`/`keys`/`values`, `q`/`k`/`v`, `qkv`, ...) or
     a softmax, or it holds a relative position bias; unless it contains a host module (then
-    the host is what counts).
+    the host is what counts). A container (`ModuleList`, `ModuleDict`, `Sequential`) is never
+    listed itself: the attention modules inside it are.
     The model itself is never listed (a model class may be named after its attention).
     """
     found: list[str] = []
@@ -213,6 +217,14 @@ def foreign_attention(model: nn.Module) -> list[str]:
         for key, child in parent.named_children():
             full = f"{path}.{key}" if path else key
             if covered(child):
+                continue
+            if isinstance(child, _CONTAINERS) and len(child):
+                # DCAE's `attn` ModuleList: name the attention classes inside, not the container
+                before = len(found)
+                walk(full, child)
+                if len(found) == before and _ATTENTION_NAME.search(key) and not contains_host(child):
+                    kinds = ", ".join(dict.fromkeys(type(c).__qualname__ for c in child.children()))
+                    found.append(f"{full} ({type(child).__qualname__} of {kinds})")
                 continue
             if looks_like_attention(key, child) and not contains_host(child):
                 found.append(f"{full} ({type(child).__qualname__})")
