@@ -4,6 +4,8 @@ confirms the outputs; what does not fit is left as it is and named in the report
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -16,7 +18,7 @@ from tests.patch.standins import (
 )
 from winattn import patch_model
 from winattn.patch.hosts import SwinV1Attention
-from winattn.patch.hosts.swin_block import SwappedSwinBlock
+from winattn.patch.hosts.swin_block import SwappedSwinBlock, SwinBlock
 from winattn.patch.probe import probe_swap
 
 ATOL = 1e-5
@@ -95,3 +97,20 @@ def test_auto_refuses_a_model_whose_only_attention_cannot_be_swapped():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), CausalAttentionModule(16, 32))
     with pytest.raises(ValueError, match=r"cannot swap.*proj maps 16 -> 32"):
         patch_model(model)
+
+
+def test_window_level_fallback_is_not_taken_where_it_would_be_slower():
+    notes = " ".join(patch_model(_charm_like(RollThenPadBlock)).winattn_report.notes)
+    assert "window-level swap would be slower than its own attention on the CPU" in notes
+
+
+def test_probe_reports_a_bit_exact_swap_as_zero_difference():
+    block = _charm_like()[1]
+    result = probe_swap(SwinBlock(), block, copy.deepcopy, 16, (4, 4))
+    assert result.ok and result.max_delta == 0.0
+
+
+def test_report_says_whether_a_swap_is_bit_exact():
+    entry = patch_model(_charm_like()).winattn_report.entries[1]
+    assert entry.bit_exact == (entry.max_delta == 0.0)
+    assert ("bit-exact on the probe" in entry.note) == entry.bit_exact
