@@ -110,10 +110,13 @@ def patch_model(
     Args:
         model: any `nn.Module`, e.g. a CompressAI codec (not wrapped in `DataParallel` or
             `DistributedDataParallel`: patch first, then wrap).
-        mode: `"swap"`, `"replace"`, `"insert"`, or `"auto"`: swap every window attention of a
-            known host family and replace CompressAI `AttentionBlock`s; insert only into a model
-            that has no attention at all. Auto never adds blocks to, or replaces blocks of, a
-            model with attention it cannot swap: it raises, naming that attention.
+        mode: `"swap"`, `"replace"`, `"insert"`, or `"auto"`: swap every window attention that
+            passes the probe (see `winattn.patch.probe`) and replace CompressAI
+            `AttentionBlock`s; insert only into a model that has no attention at all. Swap and
+            auto leave what cannot be swapped as it is and list it in the report's notes. Auto
+            never adds blocks to, or replaces blocks of, a model with attention it cannot swap,
+            and raises, naming that attention, when it can swap nothing. A model that already
+            holds winattn modules only gets its remaining hosts swapped (a no-op if none).
         window_size: window of every new block; None uses the paper's (8 after the 2nd stage,
             4 on the latent). The shift is always half the window. For swap, the window is
             fixed by the weights: a different value raises.
@@ -127,14 +130,15 @@ def patch_model(
         `model`, patched, with the report in `model.winattn_report` (a `PatchReport`,
         printable): one `PatchEntry` per module touched, with `path`, `action`, `level`
         (`"block"` or `"window"`), `host` (the replaced class), `channels`, `window_size`,
-        `shift_size` (the real shift), `params_added` and `note`; and `notes` (e.g. attention
-        left as it was).
+        `shift_size` (the real shift), `params_added`, `note` and, for swaps, `max_delta` (the
+        probe's largest difference; 0.0 when bit-exact); and `notes` (attention left as it
+        was, and why; hooks that no longer fire).
 
     Raises:
         TypeError: `model` is not an `nn.Module`, or is wrapped for data parallelism.
         ValueError: an unknown `mode` or `init`; a `window_size` or `num_heads` that does not
-            fit; a host module that cannot be swapped; in auto mode, attention that cannot be
-            swapped and nothing that can; an insert that the model's forward does not run;
+            fit (an explicit `window_size` must fit every host); in auto mode, attention that
+            cannot be swapped and nothing that can; an insert that the model's forward does not run;
             nothing to patch (the message says what was looked for and what was found).
 
     Example:
