@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.swin_hosts import SwinTransformerBlock
+from benchmarks.swin_hosts import Mlp, SwinTransformerBlock, WindowAttention
 from winattn.functional import padded_size, shifted_window_mask, window_partition, window_reverse
 
 
@@ -100,3 +100,49 @@ class TicLike(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.g_a(x)
         return y, self.context_prediction(y)
+
+
+class StfSwinTransformerBlock(nn.Module):
+    """The official STF block's layout: `H`, `W` set by the caller, `block(x, mask_matrix)` on
+    tokens, pad then roll, the caller's mask for the shifted windows."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = window_size, shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads)
+        self.drop_path = nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim)
+        self.H: int | None = None
+        self.W: int | None = None
+
+    def forward(self, x: torch.Tensor, mask_matrix: torch.Tensor) -> torch.Tensor:
+        (b, length, c), h, w = x.shape, self.H, self.W
+        ws, s = self.window_size, self.shift_size
+        hp, wp = padded_size((h, w), ws)
+        y = F.pad(self.norm1(x).view(b, h, w, c), (0, 0, 0, wp - w, 0, hp - h))  # (B, Hp, Wp, C)
+        y = torch.roll(y, (-s, -s), dims=(1, 2))
+        out = self.attn(window_partition(y, ws).flatten(1, 2), mask=mask_matrix if s else None)
+        y = torch.roll(window_reverse(out.view(-1, ws, ws, c), ws, hp, wp), (s, s), dims=(1, 2))
+        x = x + self.drop_path(y[:, :h, :w].reshape(b, length, c))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class StfBasicLayer(nn.Module):
+    """STF's `BasicLayer`: builds the shifted-window mask once, sets `H`, `W` on its blocks."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.blocks = nn.ModuleList(
+            StfSwinTransformerBlock(dim, num_heads, window_size, s) for s in (0, window_size // 2)
+        )
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        ws = self.window_size
+        mask = shifted_window_mask(padded_size((h, w), ws), ws, ws // 2)  # (nW, N, N)
+        for block in self.blocks:
+            block.H, block.W = h, w
+            x = block(x, mask)
+        return x

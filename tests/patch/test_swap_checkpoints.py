@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.patch.standins import SwinTransformerBlock, TicLike
+from tests.patch.standins import StfBasicLayer, SwinTransformerBlock, TicLike
 from tests.test_patch_swap import _stf_model
 from winattn import patch_model
 
@@ -38,6 +38,11 @@ def _charm() -> nn.Module:
     return nn.Sequential(*(SwinTransformerBlock(16, (10, 13), 2, 4, s) for s in (0, 2)))
 
 
+def _stf_official() -> nn.Module:
+    torch.manual_seed(0)
+    return StfBasicLayer(16, 2, 4)
+
+
 def _tic() -> nn.Module:
     torch.manual_seed(0)
     return TicLike()
@@ -46,7 +51,8 @@ def _tic() -> nn.Module:
 HOSTS: dict[str, Callable[[], nn.Module]] = {
     "timm": _timm,
     "torchvision": _torchvision,
-    "stf": _stf_model,
+    "stf-style attention": _stf_model,
+    "stf": _stf_official,
     "charm": _charm,
     "tic": _tic,
 }
