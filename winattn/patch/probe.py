@@ -2,8 +2,10 @@
 """The numerical check every swap passes before it is planned.
 
 A host module and the module built to take its place run on the same small random maps, in
-fp32, in eval mode and without gradients, on copies (the model is not touched: no buffer,
-training flag, hook or RNG state changes). The maps need padding where the host pads and are
+fp32, in eval mode and without gradients, on CPU copies with the backend picked automatically
+there (the model is not touched: no buffer, training flag, hook or RNG state changes). The probe
+checks that the swap computes what the host computes; the backends themselves are tested
+against the reference elsewhere, and on CUDA agree with it within their own tolerances. The maps need padding where the host pads and are
 larger than the window, so the shift applies. The swap is kept only where every map the host
 accepts gives outputs within `ATOL`; the largest difference is recorded (0.0: bit-exact).
 """
@@ -48,8 +50,8 @@ def _default_sizes(m: nn.Module, window: Pair) -> list[tuple[int, int]]:
 
 
 def _quiet_copy(m: nn.Module) -> nn.Module:
-    """A float32, eval-mode deep copy of `m` without forward hooks."""
-    m = copy.deepcopy(m).float().eval()
+    """A float32, eval-mode deep copy of `m` on the CPU, without forward hooks."""
+    m = copy.deepcopy(m).to("cpu", torch.float32).eval()
     for sub in m.modules():
         for name in HOOK_DICTS:
             if hasattr(sub, name):
@@ -65,7 +67,7 @@ def probe_swap(
     Args:
         host: the adapter; its optional `probe_call`/`probe_sizes` say how to call `m`.
         m: the host module (not changed).
-        build: builds the replacement of a module like `m`.
+        build: builds the replacement of a module like `m` (with the automatic backend).
         channels: channels of the maps `(B, H, W, C)`.
         window: `(Wh, Ww)` of `m`.
     """
@@ -73,15 +75,14 @@ def probe_swap(
     sizes = getattr(host, "probe_sizes", _default_sizes)(m, window)
     try:
         reference, candidate = _quiet_copy(m), None
-        candidate = build(_quiet_copy(m)).float().eval()
+        candidate = build(_quiet_copy(m)).to("cpu", torch.float32).eval()
     except Exception as exc:  # noqa: BLE001 (any failure means: not swapped)
         return ProbeResult(None, f"its replacement could not be built ({type(exc).__name__}: {exc})")
-    device = next((p.device for p in reference.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     delta, refused = None, []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         for size in sizes:
-            x = torch.randn(2, *size, channels, generator=generator).to(device)  # (B, H, W, C)
+            x = torch.randn(2, *size, channels, generator=generator)  # (B, H, W, C)
             try:
                 expected = call(reference, x.clone())
             except Exception as exc:  # noqa: BLE001 (the host does not take this size)

@@ -98,13 +98,13 @@ def _checked(
 ) -> tuple[Swap, ProbeResult]:
     """Builds the swap of `m` and probes it. Raises `ValueError` where it cannot be built."""
 
-    def build(module: nn.Module) -> Swap:
+    def build(module: nn.Module, backend: str | None) -> Swap:
         if isinstance(host, SwinV1Attention):  # window level: the shift is the calling block's
-            return host.build(module, path, opts.window_size, opts.backend, shift)
-        return host.build(module, path, opts.window_size, opts.backend)
+            return host.build(module, path, opts.window_size, backend, shift)
+        return host.build(module, path, opts.window_size, backend)
 
-    swap = build(m)
-    result = probe_swap(host, m, lambda module: build(module).module, swap.channels, swap.window_size)
+    swap = build(m, opts.backend)
+    result = probe_swap(host, m, lambda module: build(module, None).module, swap.channels, swap.window_size)
     return swap, result
 
 

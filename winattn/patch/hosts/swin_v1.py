@@ -2,10 +2,12 @@
 """Swin-v1 window attention (`qkv`, `proj`, `relative_position_bias_table`), as timm, the
 official STF code and CompressAI build it: recognition, and the window-level fallback.
 
-The block-level adapters (`timm.py`, `stf.py`, `compressai.py`) read the attention's weights
-through `attention_parts`. Where the block around such an attention is of no known family, the
-attention alone is swapped for `WindowLevelAttention` (level `"window"`): the host block keeps
-its own roll, padding, partition and mask, and calls the swapped module on the windows.
+The block-level adapters (`timm.py`, `stf.py`, `compressai.py`, `swin_block.py`) read the
+attention's weights through `attention_parts`. Where the module around such an attention is of
+no family that can be swapped whole (or its swap fails the probe), the attention alone may be
+swapped for `WindowLevelAttention` (level `"window"`): the host keeps its own roll, padding,
+partition and mask, and calls the swapped module on the windows. `winattn.patch.swap` does that
+only on CUDA: on the CPU it is slower than the host's own attention.
 """
 
 from __future__ import annotations
