@@ -23,19 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from compressai.models import MeanScaleHyperprior
+from patch_models import ROOT, machine, versions  # puts the checkout on sys.path if needed
+from timm.models.swin_transformer import SwinTransformerBlock
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import winattn
-except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, str(ROOT))
-    import winattn
-
-from compressai.models import MeanScaleHyperprior  # noqa: E402
-from timm.models.swin_transformer import SwinTransformerBlock  # noqa: E402
-
-from winattn import patch_model  # noqa: E402
+from winattn import patch_model
 
 
 class ChannelsLast(nn.Module):
@@ -115,15 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"cross_decode_{now:%Y%m%d-%H%M%S}.json"
-    document = {
-        "benchmark": "cross-decoding with a swap that is not bit-exact, in h_s",
-        "date": now.isoformat(),
-        "winattn": getattr(winattn, "__version__", "?"),
-        "torch": torch.__version__,
-        "settings": vars(args),
-        "summary": summary,
-        "results": rows,
-    }
+    about = {"machine": machine(torch.device("cpu")), "versions": versions(), "settings": vars(args)}
+    document = {"benchmark": "cross-decoding, swaps in h_s", "date": now.isoformat(), **about, "summary": summary, "results": rows}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {path}")
