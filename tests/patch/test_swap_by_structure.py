@@ -17,6 +17,7 @@ from tests.patch.standins import (
     TicLike,
 )
 from winattn import patch_model
+from winattn.patch import swap
 from winattn.patch.hosts import SwinV1Attention
 from winattn.patch.hosts.swin_block import SwappedSwinBlock, SwinBlock
 from winattn.patch.probe import probe_swap
@@ -114,3 +115,17 @@ def test_report_says_whether_a_swap_is_bit_exact():
     entry = patch_model(_charm_like()).winattn_report.entries[1]
     assert entry.bit_exact == (entry.max_delta == 0.0)
     assert ("bit-exact on the probe" in entry.note) == entry.bit_exact
+
+
+def test_block_that_fails_the_probe_falls_back_to_window_level_where_that_pays(monkeypatch):
+    monkeypatch.setattr(swap, "_window_level_pays", lambda attn: True)  # as on CUDA
+    model = _charm_like(RollThenPadBlock)
+    x = torch.randn(2, 10 * 13, 16)
+    with torch.no_grad():
+        expected = model(x)
+        patch_model(model)
+        actual = model(x)
+    entry = model.winattn_report.entries[-1]
+    assert (entry.path, entry.level, entry.shift_size) == ("1.attn", "window", (2, 2))
+    assert entry.note.startswith("Swin-v1 window attention")
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
