@@ -13,11 +13,16 @@ Runs in the environment with CompressAI's development line (`.ci/compressai_dev.
   rate-distortion loss, backward, Adam step) of STF and TCM, a batch of 8 256x256 images under
   `torch.autocast` in bf16, unpatched and patched interleaved.
 
+`--models charm-like` times a SwinT-ChARM-like model whose Swin blocks are classes of its own
+(`benchmarks/swin_hosts.py`, swapped by structure); it needs no CompressAI, so it also runs in
+the main environment.
+
 Usage (from the repository root):
 
     .venv-dev/bin/python benchmarks/patch_models.py                      # CPU transforms
     .venv-dev/bin/python benchmarks/patch_models.py --device cuda        # GPU model section
     .venv-dev/bin/python benchmarks/patch_models.py --section model --quick   # CPU smoke test
+    PYTHONPATH=. python benchmarks/patch_models.py --models charm-like --what g_a g_s
 """
 
 from __future__ import annotations
@@ -55,15 +60,20 @@ MODELS = {
     "stf-wacnn": "compressai.models.stf:WACNN",
     "tcm": "compressai.models.tcm:TCM",
     "dcae": "compressai.models.dcae:DCAE",
+    # Swin blocks of their own classes, built for one image size (`benchmarks/swin_hosts.py`)
+    "charm-like": "swin_hosts:SwinTCharmLike",
 }
+#: Models built for one image size (their blocks hold a fixed `input_resolution`).
+SIZED = {"charm-like"}
 TRANSFORMS = ("g_a", "g_s", "h_a", "h_s", "latent_codec")
 
 
-def build(name: str, seed: int = 0) -> nn.Module:
-    """The zoo model `name` at its paper configuration, random weights from `seed`."""
+def build(name: str, seed: int = 0, size: tuple[int, int] | None = None) -> nn.Module:
+    """The model `name` at its paper configuration, random weights from `seed`; a model of
+    `SIZED` is built for images of `size`."""
     module, cls = MODELS[name].split(":")
     torch.manual_seed(seed)
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)(*([size] if name in SIZED else []))
 
 
 def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Any]]:
@@ -164,6 +174,7 @@ def swaps(model: nn.Module) -> list[dict[str, Any]]:
             "host": getattr(e, "host", ""),
             "window": list(e.window_size),
             "shift": list(e.shift_size),
+            "max_delta": getattr(e, "max_delta", None),
         }
         for e in model.winattn_report.entries
     ]
@@ -172,12 +183,13 @@ def swaps(model: nn.Module) -> list[dict[str, Any]]:
 def transform_pairs(names: Sequence[str], sizes: Sequence[tuple[int, int]], device: torch.device, log: Callable[[str], None], what: Sequence[str] = TRANSFORMS) -> tuple[list[Pair], dict[str, Any]]:
     pairs, reports = [], {}
     for name in names:
-        before = build(name).eval().to(device)
-        after = patch_model(copy.deepcopy(before))
-        reports[name] = swaps(after)
-        log(f"{name}: {len(reports[name])} swaps")
-        fb, fa = transforms(before), transforms(after)
         for h, w in sizes:
+            if name in SIZED or name not in reports:  # others are built once, for every size
+                before = build(name, size=(h, w)).eval().to(device)
+                after = patch_model(copy.deepcopy(before))
+                reports[name] = swaps(after)
+                log(f"{name}: {len(reports[name])} swaps")
+                fb, fa = transforms(before), transforms(after)
             x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
             inputs = transform_inputs(before, x)
             for t in what:
@@ -315,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--section", choices=("transforms", "model"), help="default: transforms on the CPU, model on CUDA")
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: all four (transforms), stf and tcm (model)")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), help="default: the four CompressAI models (transforms), stf and tcm (model); charm-like needs no CompressAI")
     parser.add_argument("--sizes", nargs="+", type=_size, default=None, help="transforms: image sizes HxW (default: 256x256 512x768)")
     parser.add_argument("--what", nargs="+", choices=TRANSFORMS, default=list(TRANSFORMS), help="transforms: which to time (default: all)")
     parser.add_argument("--size", type=_size, default=(256, 256), help="model: image size HxW (default: 256x256)")
@@ -348,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine(device)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     if section == "transforms":
-        names = args.models or list(MODELS)
+        names = args.models or [n for n in MODELS if n not in SIZED]
         sizes = args.sizes or [(256, 256), (512, 768)]
         pairs, reports = transform_pairs(names, sizes, device, log, list(dict.fromkeys(args.what)))
         settings = {"section": section, "device": str(device), "dtype": "float32", "batch": 1, "sizes": [f"{h}x{w}" for h, w in sizes], "mode": "eval, torch.no_grad()"}

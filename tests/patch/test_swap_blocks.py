@@ -57,7 +57,7 @@ class UnknownShiftedHost(nn.Module):
         return torch.roll(window_reverse(out, ws, hp, wp), (s, s), dims=(1, 2))[:, :h, :w]
 
 
-def test_window_level_swap_reports_the_host_blocks_real_shift():
+def test_attention_only_host_block_is_swapped_whole_with_its_real_shift():
     model = patch_model(nn.Sequential(UnknownShiftedHost(16, 4, 2), UnknownShiftedHost(16, 4, 0)))
     entries = model.winattn_report.entries
-    assert [(e.path, e.level, e.shift_size) for e in entries] == [("0.attn", "window", (2, 2)), ("1.attn", "window", (0, 0))]
+    assert [(e.path, e.level, e.shift_size) for e in entries] == [("0", "block", (2, 2)), ("1", "block", (0, 0))]

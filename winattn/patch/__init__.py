@@ -17,11 +17,14 @@ own file:
 
 Every call is a transaction (`plan.py`): all new modules are built first, then set at once; an
 insert whose blocks the model's `forward` does not call, or that breaks it, is rolled back. A
-call that raises leaves the model as it was.
+call that raises leaves the model as it was. Calls on the same model are serialised (a lock per
+model): a second thread waits, then finds the model patched.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, Literal
 
 from torch import nn
@@ -107,10 +110,13 @@ def patch_model(
     Args:
         model: any `nn.Module`, e.g. a CompressAI codec (not wrapped in `DataParallel` or
             `DistributedDataParallel`: patch first, then wrap).
-        mode: `"swap"`, `"replace"`, `"insert"`, or `"auto"`: swap every window attention of a
-            known host family and replace CompressAI `AttentionBlock`s; insert only into a model
-            that has no attention at all. Auto never adds blocks to, or replaces blocks of, a
-            model with attention it cannot swap: it raises, naming that attention.
+        mode: `"swap"`, `"replace"`, `"insert"`, or `"auto"`: swap every window attention that
+            passes the probe (see `winattn.patch.probe`) and replace CompressAI
+            `AttentionBlock`s; insert only into a model that has no attention at all. Swap and
+            auto leave what cannot be swapped as it is and list it in the report's notes. Auto
+            never adds blocks to, or replaces blocks of, a model with attention it cannot swap,
+            and raises, naming that attention, when it can swap nothing. A model that already
+            holds winattn modules only gets its remaining hosts swapped (a no-op if none).
         window_size: window of every new block; None uses the paper's (8 after the 2nd stage,
             4 on the latent). The shift is always half the window. For swap, the window is
             fixed by the weights: a different value raises.
@@ -124,14 +130,15 @@ def patch_model(
         `model`, patched, with the report in `model.winattn_report` (a `PatchReport`,
         printable): one `PatchEntry` per module touched, with `path`, `action`, `level`
         (`"block"` or `"window"`), `host` (the replaced class), `channels`, `window_size`,
-        `shift_size` (the real shift), `params_added` and `note`; and `notes` (e.g. attention
-        left as it was).
+        `shift_size` (the real shift), `params_added`, `note` and, for swaps, `max_delta` (the
+        probe's largest difference; 0.0 when bit-exact); and `notes` (attention left as it
+        was, and why; hooks that no longer fire).
 
     Raises:
         TypeError: `model` is not an `nn.Module`, or is wrapped for data parallelism.
         ValueError: an unknown `mode` or `init`; a `window_size` or `num_heads` that does not
-            fit; a host module that cannot be swapped; in auto mode, attention that cannot be
-            swapped and nothing that can; an insert that the model's forward does not run;
+            fit (an explicit `window_size` must fit every host); in auto mode, attention that
+            cannot be swapped and nothing that can; an insert that the model's forward does not run;
             nothing to patch (the message says what was looked for and what was found).
 
     Example:
@@ -141,44 +148,59 @@ def patch_model(
         ['g_a.winattn_stage2', 'g_a.winattn_latent', 'g_s.winattn_latent', 'g_s.winattn_stage2']
     """
     opts = _check_options(model, mode, window_size, num_heads, init, backend)
-    report = PatchReport(mode=mode, init=init)
+    with _lock_of(model):
+        return _patch(model, mode, opts)
 
+
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock_of(model: nn.Module) -> threading.Lock:
+    """The lock that serialises `patch_model` calls on `model` (one per model)."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+def _patch(model: nn.Module, mode: str, opts: Options) -> nn.Module:
+    report = PatchReport(mode=mode, init=opts.init)
+    previous = getattr(model, "winattn_report", None)
+    earlier = list(previous.entries) if isinstance(previous, PatchReport) else []
     already = [p for p, m in model.named_modules() if is_winattn(m)]
-    if already:
+    hosts = list(find_hosts(model))
+    if already and not hosts:
         report.notes.append(
-            f"already patched ({len(already)} winattn module(s), e.g. {already[0]!r}): no-op."
+            f"already patched ({len(already)} winattn module(s), e.g. {already[0]!r}, and no "
+            f"module left that winattn can swap): no-op."
         )
-        previous = getattr(model, "winattn_report", None)
-        if isinstance(previous, PatchReport):
-            report.entries = list(previous.entries)
+        report.entries = earlier
         model.winattn_report = report
         return model
 
-    hosts = list(find_hosts(model))
     attention_blocks = [p for p, m in model.named_modules() if is_attention_block(m)]
     foreign = foreign_attention(model)
-    if mode == "auto" and foreign and not hosts:
-        raise ValueError(
-            f"patch_model(mode='auto') left {type(model).__name__} unchanged: it has attention "
-            f"that winattn cannot swap: {', '.join(foreign[:8])}"
-            f"{f' and {len(foreign) - 8} more' if len(foreign) > 8 else ''}. Adding or replacing "
-            f"blocks would change its architecture; use mode='insert' (or mode='replace') to do "
-            f"that anyway."
-        )
-    do_swap = mode == "swap" or (mode == "auto" and bool(hosts))
-    do_replace = mode == "replace" or (mode == "auto" and bool(attention_blocks) and not foreign)
-    do_insert = mode == "insert" or (mode == "auto" and not hosts and not attention_blocks)
+    if already:  # a partly patched model: only swap what is left
+        do_swap, do_replace, do_insert = mode in ("auto", "swap"), False, False
+    else:
+        do_swap = mode == "swap" or (mode == "auto" and bool(hosts))
+        do_replace = mode == "replace" or (mode == "auto" and bool(attention_blocks) and not foreign)
+        do_insert = mode == "insert" or (mode == "auto" and not hosts and not attention_blocks)
+    if mode == "auto" and foreign and not hosts and not already:
+        raise ValueError(_foreign_only(model, foreign))
     transforms = find_transforms(model)[0] if do_replace or do_insert else []
 
     plan = Plan()
+    left: list[str] = []
     if do_swap:
-        plan_swap(plan, model, opts)
+        left = plan_swap(plan, model, opts)
+    if mode == "auto" and not plan and left and (foreign or not attention_blocks):
+        raise ValueError(_foreign_only(model, foreign + left))
     if do_replace:
         plan_replace(plan, model, transforms, opts)
     if do_insert:
         plan_insert(plan, transforms, opts)
     if not plan:
-        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign))
+        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign + left))
     plan.apply()
     if do_insert:
         problem = verify(model, plan)
@@ -189,11 +211,22 @@ def patch_model(
                 f"{problem}. Its forward does not run its transforms as a plain nn.Sequential "
                 f"would; the model was left unchanged."
             )
-    report.entries = list(plan.entries)
+    report.entries = earlier + list(plan.entries)
+    report.notes += left
     if foreign:
         report.notes.append(f"left as it is (winattn cannot swap it): {', '.join(foreign)}")
     model.winattn_report = report
     return model
+
+
+def _foreign_only(model: nn.Module, foreign: list[str]) -> str:
+    return (
+        f"patch_model(mode='auto') left {type(model).__name__} unchanged: it has attention "
+        f"that winattn cannot swap: {'; '.join(f.rstrip('.') for f in foreign[:8])}"
+        f"{f' and {len(foreign) - 8} more' if len(foreign) > 8 else ''}. Adding or replacing "
+        f"blocks would change its architecture; use mode='insert' (or mode='replace') to do "
+        f"that anyway."
+    )
 
 
 def _nothing_found(

@@ -26,6 +26,9 @@ class PatchEntry:
             attention on already partitioned windows is swapped; the host still does the
             rest); `"block"` for insert and replace.
         host: `module.qualname` of the class that was replaced (empty for insert).
+        max_delta: for a swap, the largest difference between the host's and the swapped
+            module's outputs on the probe (fp32, `winattn.patch.probe`); 0.0 means bit-exact
+            there. None for insert and replace.
     """
 
     path: str
@@ -37,6 +40,12 @@ class PatchEntry:
     note: str = ""
     level: str = "block"
     host: str = ""
+    max_delta: float | None = None
+
+    @property
+    def bit_exact(self) -> bool:
+        """Whether the swap gave exactly the host's outputs on the probe."""
+        return self.max_delta == 0.0
 
 
 @dataclass
@@ -75,7 +84,7 @@ class PatchReport:
 
     def __str__(self) -> str:
         head = f"winattn patch (mode={self.mode!r}, init={self.init!r})"
-        rows = [("path", "action", "level", "channels", "window", "shift", "params", "host", "note")]
+        rows = [("path", "action", "level", "channels", "window", "shift", "params", "max delta", "host", "note")]
         for e in self.entries:
             rows.append(
                 (
@@ -86,6 +95,7 @@ class PatchReport:
                     "x".join(map(str, e.window_size)),
                     "x".join(map(str, e.shift_size)),
                     f"{e.params_added:+,}",
+                    "-" if e.max_delta is None else f"{e.max_delta:.1g}",
                     e.host,
                     e.note,
                 )

@@ -3,8 +3,8 @@
 
 Each adapter recognises its modules by structure (`matches`) and builds the module that takes
 their place (`build`), or raises `ValueError` saying why it cannot. Block-level adapters come
-first; `SwinV1Attention`, the window-level fallback for a Swin-v1 attention inside a block of
-no known family, comes last.
+first, then `SwinBlock` (a Swin-v1 block of any other family, by structure); `SwinV1Attention`,
+the window-level fallback for a Swin-v1 attention inside a module of no known family, comes last.
 """
 
 from winattn.patch.hosts.base import Host, Swap, SwappedBlock, is_winattn
@@ -12,6 +12,7 @@ from winattn.patch.hosts.compressai import CompressaiWMSA
 from winattn.patch.hosts.saaf import GlobalTokenWindowAttention
 from winattn.patch.hosts.scunet import ScunetWMSA
 from winattn.patch.hosts.stf import StfSwinBlock, StfWinBasedAttention
+from winattn.patch.hosts.swin_block import SwinBlock
 from winattn.patch.hosts.swin_v1 import SwinV1Attention, WindowLevelAttention
 from winattn.patch.hosts.timm import TimmSwinBlock
 from winattn.patch.hosts.torchvision import MapLevelAttention, TorchvisionShiftedWindowAttention
@@ -35,5 +36,6 @@ HOSTS: tuple[Host, ...] = (
     ScunetWMSA(),
     TorchvisionShiftedWindowAttention(),
     GlobalTokenWindowAttention(),
+    SwinBlock(),
     SwinV1Attention(),
 )

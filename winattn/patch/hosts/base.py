@@ -7,10 +7,15 @@ the same names), so the state-dict keys, the weights, the optimiser's parameters
 `persistent` flag of every buffer stay those of the host. Only `forward` changes: the host's
 pad / roll / partition / attention / reverse / roll back / crop path becomes one
 `winattn.functional.window_attention` call (on CUDA, one fused Triton kernel).
+
+It also keeps the host's API: its plain attributes (`input_resolution`, ...), its forward hooks
+and pre-hooks (the same hook dictionaries, so a handle taken before the swap still removes its
+hook), and its public methods (timm's `set_input_size`), which run on the swapped block.
 """
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,7 +25,30 @@ from winattn._utils import Pair, to_pair
 from winattn.functional import window_attention
 from winattn.modules import WindowAttention, WindowAttentionBlock
 
-__all__ = ["Host", "Swap", "SwappedBlock", "class_name", "dropout_p", "is_winattn"]
+__all__ = ["Host", "Swap", "SwappedBlock", "class_name", "dropout_p", "is_winattn", "probe_sizes", "share_hooks"]
+
+#: The hook dictionaries of an `nn.Module` that a swap carries over (shared, not copied).
+HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+)
+
+
+def probe_sizes(window: Pair) -> list[tuple[int, int]]:
+    """The default probe maps for a window: one that needs padding on both axes, one that does
+    not; both larger than the window, so a shift applies."""
+    wh, ww = window
+    return [(2 * wh + wh // 2 + 1, 3 * ww - 1), (2 * wh, 2 * ww)]
+
+
+def share_hooks(new: nn.Module, host: nn.Module) -> None:
+    """Makes `new` use `host`'s forward hooks and pre-hooks (the same dictionaries)."""
+    for name in HOOK_DICTS:
+        if hasattr(host, name):
+            setattr(new, name, getattr(host, name))
 
 
 def class_name(m: nn.Module) -> str:
@@ -50,7 +78,15 @@ class Host(Protocol):
 
     `matches` looks at structure only (children, parameters, their shapes and the attributes
     the host's forward reads); `build` either returns the `Swap` or raises `ValueError` saying
-    why this module cannot be swapped, which leaves the model unchanged.
+    why this module cannot be swapped. `build` must not change `m`.
+
+    Every swap is checked numerically before it is planned (`winattn.patch.probe`): the host
+    and its replacement run on a random map. Two optional methods tell the probe how to call a
+    host; without them it calls `m(x)` on `x: (B, H, W, C)` maps of sizes that need padding:
+
+    * `probe_call(m, x) -> Tensor`: runs `m` (host or replacement) on the map `x: (B, H, W, C)`
+      in the host's calling convention;
+    * `probe_sizes(m, window) -> list[tuple[int, int]]`: the map sizes to probe.
     """
 
     name: str
@@ -82,6 +118,11 @@ class SwappedBlock(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        for key, value in vars(host).items():  # plain attributes: input_resolution, ...
+            if not key.startswith("_") and key != "training":
+                self.__dict__[key] = value
+        self.__dict__["_host_class"] = type(host)
+        share_hooks(self, host)
         self._parameters.update(host._parameters)
         self._buffers.update(host._buffers)
         self._non_persistent_buffers_set.update(host._non_persistent_buffers_set)
@@ -114,6 +155,16 @@ class SwappedBlock(nn.Module):
             dropout_p=dropout_p if self.training else 0.0,
             backend=self.backend,
         )
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            # A public method of the host class (timm's `set_input_size`), run on this block.
+            method = getattr(self.__dict__.get("_host_class"), name, None)
+            if name.startswith("__") or not isinstance(method, types.FunctionType) or hasattr(nn.Module, name):
+                raise
+            return types.MethodType(method, self)
 
     def extra_repr(self) -> str:
         return (

@@ -17,6 +17,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from winattn._utils import Pair, to_pair
+from winattn.functional import padded_size, shifted_window_mask
 from winattn.patch.hosts.base import Swap, SwappedBlock
 from winattn.patch.hosts.swin_v1 import attention_parts, is_swin_v1_attention
 
@@ -57,6 +58,14 @@ class StfSwinBlock:
 
     def build(self, m: nn.Module, path: str, window_size: Pair | None, backend: str | None) -> Swap:
         return _build(m, path, window_size, backend, SwappedStfSwinBlock)
+
+    def probe_call(self, m: nn.Module, x: Tensor) -> Tensor:
+        """Calls `m` as STF's `BasicLayer` does: `H`, `W` set, Swin's mask on the padded map."""
+        b, h, w, c = x.shape
+        m.H, m.W = h, w
+        window = to_pair(m.window_size, "window_size")
+        mask = shifted_window_mask(padded_size((h, w), window), window, m.shift_size, device=x.device)
+        return m(x.reshape(b, h * w, c), mask)  # (B, HW, C)
 
 
 class SwappedStfSwinBlock(SwappedBlock):
@@ -105,6 +114,9 @@ class StfWinBasedAttention:
 
     def build(self, m: nn.Module, path: str, window_size: Pair | None, backend: str | None) -> Swap:
         return _build(m, path, window_size, backend, SwappedStfWinBasedAttention)
+
+    def probe_call(self, m: nn.Module, x: Tensor) -> Tensor:
+        return m(x.permute(0, 3, 1, 2))  # (B, C, H, W)
 
 
 class SwappedStfWinBasedAttention(SwappedBlock):

@@ -2,10 +2,12 @@
 """Swin-v1 window attention (`qkv`, `proj`, `relative_position_bias_table`), as timm, the
 official STF code and CompressAI build it: recognition, and the window-level fallback.
 
-The block-level adapters (`timm.py`, `stf.py`, `compressai.py`) read the attention's weights
-through `attention_parts`. Where the block around such an attention is of no known family, the
-attention alone is swapped for `WindowLevelAttention` (level `"window"`): the host block keeps
-its own roll, padding, partition and mask, and calls the swapped module on the windows.
+The block-level adapters (`timm.py`, `stf.py`, `compressai.py`, `swin_block.py`) read the
+attention's weights through `attention_parts`. Where the module around such an attention is of
+no family that can be swapped whole (or its swap fails the probe), the attention alone may be
+swapped for `WindowLevelAttention` (level `"window"`): the host keeps its own roll, padding,
+partition and mask, and calls the swapped module on the windows. `winattn.patch.swap` does that
+only on CUDA: on the CPU it is slower than the host's own attention.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from winattn._utils import Pair, to_pair
-from winattn.functional import relative_position_index, window_attention
+from winattn.functional import (
+    relative_position_index,
+    shifted_window_mask,
+    window_attention,
+    window_partition,
+)
 from winattn.modules import WindowAttention
-from winattn.patch.hosts.base import Swap, dropout_p
+from winattn.patch.hosts.base import Swap, dropout_p, share_hooks
 
 __all__ = [
     "AttentionParts",
@@ -87,11 +94,13 @@ def attention_parts(m: nn.Module, path: str, window_size: Pair | None) -> Attent
             f"{window}; pass window_size=None to swap."
         )
     dim = m.qkv.in_features
-    if m.qkv.out_features != 3 * dim or m.proj.in_features != dim or m.proj.out_features != dim:
-        raise ValueError(
-            f"{path!r} projects {dim} channels to qkv of {m.qkv.out_features} and back from "
-            f"{m.proj.in_features}; winattn needs qkv: dim -> 3 * dim and proj: dim -> dim."
-        )
+    wrong = [
+        f"{name} maps {layer.in_features} -> {layer.out_features} channels (winattn needs {dim} -> {want})"
+        for name, layer, want in (("qkv", m.qkv, 3 * dim), ("proj", m.proj, dim))
+        if (layer.in_features, layer.out_features) != (dim, want)
+    ]
+    if wrong:
+        raise ValueError(f"{path!r} ({type(m).__qualname__}): {'; '.join(wrong)}.")
     table = m.relative_position_bias_table
     num_heads = int(getattr(m, "num_heads", table.shape[1]))
     scale = float(getattr(m, "scale", (dim // num_heads) ** -0.5))
@@ -102,9 +111,9 @@ def attention_parts(m: nn.Module, path: str, window_size: Pair | None) -> Attent
 def attention_from(
     cls: type[WindowAttention], m: nn.Module, parts: AttentionParts, shift: Pair, backend: str | None
 ) -> WindowAttention:
-    """A `cls` module with the Swin-v1 attention `m`'s projections and bias table (the same
-    objects), and a relative position index with `m`'s state-dict keys: STF and torchvision save
-    the index (persistent), timm does not."""
+    """A `cls` module with the Swin-v1 attention `m`'s projections, bias table and forward hooks
+    (the same objects), and a relative position index with `m`'s state-dict key and layout: STF
+    saves it as `(N, N)`, torchvision flat as `(N * N,)` (both persistent), timm not at all."""
     new = cls(
         parts.dim,
         parts.num_heads,
@@ -118,13 +127,38 @@ def attention_from(
     )
     new.qkv, new.proj = m.qkv, m.proj
     new.relative_position_bias_table = m.relative_position_bias_table
+    index = relative_position_index(new.window_size, device=m.qkv.weight.device)  # (N, N)
+    host_index = getattr(m, "relative_position_index", None)
+    if isinstance(host_index, Tensor) and host_index.numel() == index.numel():
+        index = index.reshape(host_index.shape)  # torchvision: (N * N,)
     new.register_buffer(
-        "relative_position_index",
-        relative_position_index(new.window_size, device=m.qkv.weight.device),
-        persistent="relative_position_index" in m.state_dict(),
-    )  # (N, N)
+        "relative_position_index", index, persistent="relative_position_index" in m.state_dict()
+    )
+    share_hooks(new, m)
     new.train(m.training)
     return new
+
+
+class HostIndexLayout:
+    """Mixin for `WindowAttention` subclasses whose `relative_position_index` keeps the host's
+    layout (`attention_from`): a checkpoint's index is checked against the module's own and
+    loaded in that layout, so the host's checkpoints load strictly and the other way round."""
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        key = prefix + "relative_position_index"
+        ours = self.relative_position_index
+        if key in state_dict and ours is not None:
+            given = state_dict[key]
+            if given.numel() != ours.numel() or not torch.equal(given.reshape(-1).cpu().long(), ours.reshape(-1).cpu().long()):
+                raise ValueError(
+                    f"{key} in the checkpoint (shape {tuple(given.shape)}) is not the index of "
+                    f"this module's window {self.window_size}; build it with the checkpoint's window."
+                )
+            if "relative_position_index" in self._non_persistent_buffers_set:
+                del state_dict[key]  # load_state_dict works on its own copy of the dict
+            else:
+                state_dict[key] = given.reshape(ours.shape)
+        nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
 
 class SwinV1Attention:
@@ -144,8 +178,18 @@ class SwinV1Attention:
         new.proj_drop = dropout if isinstance(dropout, nn.Dropout) else nn.Dropout(dropout_p(dropout))
         return Swap(new, "window", parts.dim, parts.window_size, shift, "the host block still pads, rolls and masks")
 
+    def probe_call(self, m: nn.Module, x: Tensor) -> Tensor:
+        """Calls `m` as a Swin block does: `attn(windows, mask)`, with a half-window shift's mask."""
+        window = _window_of(m, "probe")
+        windows = window_partition(x, window).flatten(1, 2)  # (B*nW, N, C)
+        mask = shifted_window_mask(x.shape[1:3], window, (window[0] // 2, window[1] // 2), device=x.device)
+        return m(windows, mask=mask)  # (B*nW, N, C)
 
-class WindowLevelAttention(WindowAttention):
+    def probe_sizes(self, m: nn.Module, window: Pair) -> list[tuple[int, int]]:
+        return [(2 * window[0], 3 * window[1])]
+
+
+class WindowLevelAttention(HostIndexLayout, WindowAttention):
     """Drop-in for a window-level Swin attention: `attn(windows, mask)`, as timm and STF call it.
 
     Computes the same thing as the host's attention through `winattn.functional.window_attention`,

@@ -55,6 +55,14 @@ class TimmSwinBlock:
         return Swap(new, "block", parts.dim, window, shift, "rolls then pads, as timm")
 
 
+    def probe_sizes(self, m: nn.Module, window: Pair) -> list[tuple[int, int]]:
+        """A static mask serves only its input size; a dynamic one, sizes that need padding."""
+        wh, ww = window
+        if getattr(m, "attn_mask", None) is not None and not getattr(m, "dynamic_mask", False):
+            return [tuple(m.input_resolution)]
+        return [(2 * wh + wh // 2 + 1, 3 * ww - 1), (2 * wh, 2 * ww)]
+
+
 class SwappedTimmSwinBlock(SwappedBlock):
     """timm's `SwinTransformerBlock` with its attention path as one `window_attention` call.
 

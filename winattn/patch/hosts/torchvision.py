@@ -14,7 +14,12 @@ from winattn._utils import Pair, to_pair
 from winattn.functional import padded_size
 from winattn.modules import WindowAttention
 from winattn.patch.hosts.base import Swap, dropout_p
-from winattn.patch.hosts.swin_v1 import attention_from, attention_parts, is_swin_v1_attention
+from winattn.patch.hosts.swin_v1 import (
+    HostIndexLayout,
+    attention_from,
+    attention_parts,
+    is_swin_v1_attention,
+)
 
 __all__ = ["MapLevelAttention", "TorchvisionShiftedWindowAttention"]
 
@@ -39,7 +44,7 @@ class TorchvisionShiftedWindowAttention:
         return Swap(new, "block", parts.dim, parts.window_size, shift, "shift off where the window covers the map")
 
 
-class MapLevelAttention(WindowAttention):
+class MapLevelAttention(HostIndexLayout, WindowAttention):
     """Drop-in for torchvision's `ShiftedWindowAttention`: shifted window attention on a map.
 
     As torchvision does, the shift is turned off on an axis whose window covers the padded map;

@@ -1,0 +1,103 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The numerical check every swap passes before it is planned.
+
+A host module and the module built to take its place run on the same small random maps, in
+fp32, in eval mode and without gradients, on CPU copies with the backend picked automatically
+there (the model is not touched: no buffer, training flag, hook or RNG state changes). The probe
+checks that the swap computes what the host computes; the backends themselves are tested
+against the reference elsewhere, and on CUDA agree with it within their own tolerances. The maps need padding where the host pads and are
+larger than the window, so the shift applies. The swap is kept only where every map the host
+accepts gives outputs within `ATOL`; the largest difference is recorded (0.0: bit-exact).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from winattn._utils import Pair
+from winattn.patch.hosts.base import HOOK_DICTS, Host, probe_sizes
+
+__all__ = ["ATOL", "ProbeResult", "probe_swap"]
+
+#: Largest absolute difference (fp32) a swap may have against its host on the probe.
+ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """`max_delta`: the largest difference seen (None if nothing ran); `problem`: why the swap
+    fails the check, or None when it passes."""
+
+    max_delta: float | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def _default_call(m: nn.Module, x: Tensor) -> Tensor:
+    return m(x)
+
+
+def _default_sizes(m: nn.Module, window: Pair) -> list[tuple[int, int]]:
+    return probe_sizes(window)
+
+
+def _quiet_copy(m: nn.Module) -> nn.Module:
+    """A float32, eval-mode deep copy of `m` on the CPU, without forward hooks."""
+    m = copy.deepcopy(m).to("cpu", torch.float32).eval()
+    for sub in m.modules():
+        for name in HOOK_DICTS:
+            if hasattr(sub, name):
+                getattr(sub, name).clear()
+    return m
+
+
+def probe_swap(
+    host: Host, m: nn.Module, build: Callable[[nn.Module], nn.Module], channels: int, window: Pair
+) -> ProbeResult:
+    """Runs `m` and `build(copy of m)` on random maps and compares their outputs.
+
+    Args:
+        host: the adapter; its optional `probe_call`/`probe_sizes` say how to call `m`.
+        m: the host module (not changed).
+        build: builds the replacement of a module like `m` (with the automatic backend).
+        channels: channels of the maps `(B, H, W, C)`.
+        window: `(Wh, Ww)` of `m`.
+    """
+    call = getattr(host, "probe_call", _default_call)
+    sizes = getattr(host, "probe_sizes", _default_sizes)(m, window)
+    try:
+        reference, candidate = _quiet_copy(m), None
+        candidate = build(_quiet_copy(m)).to("cpu", torch.float32).eval()
+    except Exception as exc:  # noqa: BLE001 (any failure means: not swapped)
+        return ProbeResult(None, f"its replacement could not be built ({type(exc).__name__}: {exc})")
+    generator = torch.Generator().manual_seed(0)
+    delta, refused = None, []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for size in sizes:
+            x = torch.randn(2, *size, channels, generator=generator)  # (B, H, W, C)
+            try:
+                expected = call(reference, x.clone())
+            except Exception as exc:  # noqa: BLE001 (the host does not take this size)
+                refused.append(f"{size}: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                actual = call(candidate, x.clone())
+            except Exception as exc:  # noqa: BLE001
+                return ProbeResult(delta, f"the swap raised on a {size} map ({type(exc).__name__}: {exc})")
+            if not isinstance(expected, Tensor) or not isinstance(actual, Tensor) or expected.shape != actual.shape:
+                return ProbeResult(delta, f"on a {size} map its output is not the host's shape")
+            d = (actual - expected).abs().max().item()
+            delta = d if delta is None else max(delta, d)
+            if not d <= ATOL:
+                return ProbeResult(delta, f"on a {size} map its output differs by {d:.2g} (> {ATOL:g}) from the host's")
+    if delta is None:
+        return ProbeResult(None, f"its forward does not run as a window attention on the probe ({'; '.join(refused)[:300]})")
+    return ProbeResult(delta, None)
