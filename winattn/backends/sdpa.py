@@ -34,6 +34,7 @@ How the work is laid out matters more than the arithmetic (measured with
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,7 @@ from torch import Tensor
 
 from winattn._utils import compile_safe_cache
 from winattn.backends.dispatcher import AttentionCall, Backend
+from winattn.backends.reference import unit
 from winattn.geometry import cached_mask, padded_size
 
 #: Eager inference gathers the qkv of at most this many bytes of images at a time (at
@@ -426,7 +428,25 @@ def _attend(
     return torch.index_select(windowed, 0, lay.scatter, out=out)  # (b*H*W, C)
 
 
+def fold_cosine(call: AttentionCall) -> AttentionCall:
+    """Swin-V2's scaled cosine attention as dot-product attention: q becomes
+    `unit(q) * cosine_scale` (a per-head scale is not a scalar `scale=`, so it goes into q),
+    k becomes `unit(k)`, and the call's scale 1. The padding token's qkv is folded the same
+    way. Costs one pass over qkv."""
+    heads, d = call.num_heads, call.head_dim
+    scale = call.cosine_scale()[:, None]  # (heads, 1)
+
+    def fold(t: Tensor) -> Tensor:
+        q, k, v = t.unflatten(-1, (3, heads, d)).unbind(-3)  # each (..., heads, d)
+        return torch.stack((unit(q) * scale, unit(k), v), dim=-3).flatten(-3)  # (..., 3C)
+
+    pad = None if call.pad_qkv is None else fold(call.pad_qkv)
+    return dataclasses.replace(call, qkv=fold(call.qkv), pad_qkv=pad, scale=1.0, logit_scale=None)
+
+
 def sdpa_window_attention(call: AttentionCall) -> Tensor:
+    if call.cosine:
+        call = fold_cosine(call)
     qkv = call.qkv
     b, h, w, c3 = qkv.shape
     c = c3 // 3
