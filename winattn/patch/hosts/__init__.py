@@ -13,6 +13,7 @@ from winattn.patch.hosts.saaf import GlobalTokenWindowAttention
 from winattn.patch.hosts.scunet import ScunetWMSA
 from winattn.patch.hosts.stf import StfSwinBlock, StfWinBasedAttention
 from winattn.patch.hosts.swin_v1 import SwinV1Attention, WindowLevelAttention
+from winattn.patch.hosts.swin_v2 import TimmSwinV2Block, TorchvisionSwinV2Block
 from winattn.patch.hosts.timm import TimmSwinBlock
 from winattn.patch.hosts.torchvision import MapLevelAttention, TorchvisionShiftedWindowAttention
 
@@ -28,6 +29,8 @@ __all__ = [
 
 #: Every host family, most specific first.
 HOSTS: tuple[Host, ...] = (
+    TimmSwinV2Block(),
+    TorchvisionSwinV2Block(),
     TimmSwinBlock(),
     StfSwinBlock(),
     StfWinBasedAttention(),
