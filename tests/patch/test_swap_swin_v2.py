@@ -152,3 +152,22 @@ def test_swap_report_names_the_v2_host_classes():
         "timm.models.swin_transformer_v2.SwinTransformerV2Block",
         "torchvision.models.swin_transformer.SwinTransformerBlockV2",
     ]
+
+
+@pytest.mark.parametrize("make", [lambda: _timm_block((10, 13), 2), lambda: _tv_block(2)], ids=["timm", "torchvision"])
+def test_swapped_v2_block_in_training_mode_matches_the_host(make):
+    host, swapped = _swapped(make())
+    host.train()
+    swapped.train()
+    x = torch.randn(1, 10, 13, 32)
+    torch.testing.assert_close(swapped(x), host(x), atol=ATOL, rtol=0)
+
+
+def test_swapped_v2_block_applies_attention_dropout_in_training_only():
+    host = randomise(tv_swin.SwinTransformerBlockV2(32, 4, [4, 4], [2, 2], attention_dropout=0.5)).eval()
+    _, swapped = _swapped(host)
+    x = torch.randn(1, 8, 8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(x), host(x), atol=ATOL, rtol=0)
+        swapped.train()
+        assert not torch.allclose(swapped(x), host(x), atol=1e-3)
