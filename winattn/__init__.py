@@ -21,8 +21,10 @@ from winattn.functional import window_attention
 from winattn.modules import (
     ShiftedWindowAttention,
     SwinBlock,
+    SwinV2Block,
     WindowAttention,
     WindowAttentionBlock,
+    WindowAttentionV2,
 )
 from winattn.patch import patch_model
 
@@ -32,8 +34,10 @@ __all__ = [
     "BackendUnavailableError",
     "ShiftedWindowAttention",
     "SwinBlock",
+    "SwinV2Block",
     "WindowAttention",
     "WindowAttentionBlock",
+    "WindowAttentionV2",
     "available_backends",
     "functional",
     "get_backend",

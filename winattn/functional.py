@@ -10,6 +10,9 @@ backend at call time (see `winattn.backends`). The geometry of (shifted) windows
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from einops import rearrange
 from torch import Tensor
 
@@ -20,6 +23,7 @@ from winattn.geometry import (
     check_map,
     default_scale,
     padded_size,
+    relative_coords_table,
     relative_position_index,
     shifted_window_mask,
 )
@@ -30,10 +34,15 @@ __all__ = [
     "padded_size",
     "window_partition",
     "window_reverse",
+    "relative_coords_table",
     "relative_position_index",
     "shifted_window_mask",
+    "continuous_position_bias",
     "window_attention",
 ]
+
+#: Swin-V2 bounds its continuous position bias to `(0, CPB_MAX)` with `CPB_MAX * sigmoid`.
+CPB_MAX = 16.0
 
 
 def window_partition(x: Tensor, window_size: int | Pair) -> Tensor:
@@ -92,6 +101,38 @@ def window_reverse(windows: Tensor, window_size: int | Pair, H: int, W: int) -> 
     return rearrange(windows, "(b nh nw) wh ww c -> b (nh wh) (nw ww) c", nh=nh, nw=nw)
 
 
+def continuous_position_bias(
+    cpb_mlp: Callable[[Tensor], Tensor], coords_table: Tensor, num_heads: int
+) -> Tensor:
+    """Swin-V2's continuous position bias as a relative position bias table.
+
+    `16 * sigmoid(cpb_mlp(coords_table))`, one row per relative offset: pass it to
+    `window_attention` as `bias_table`. (Swin-V2 applies the sigmoid after gathering the dense
+    bias; the sigmoid acts on each value alone, so applying it to the table is the same.)
+
+    Args:
+        cpb_mlp: the bias MLP, 2 inputs -> `num_heads` outputs (Swin-V2's `cpb_mlp`).
+        coords_table: `(1, 2Wh-1, 2Ww-1, 2)`, see `relative_coords_table`.
+        num_heads: heads.
+
+    Returns:
+        `((2Wh-1)(2Ww-1), num_heads)`, values in `(0, 16)`.
+
+    Example:
+        >>> import torch
+        >>> mlp = torch.nn.Linear(2, 3)
+        >>> continuous_position_bias(mlp, relative_coords_table(4), 3).shape
+        torch.Size([49, 3])
+    """
+    out = cpb_mlp(coords_table)  # (1, 2Wh-1, 2Ww-1, heads)
+    if out.shape[-1] != num_heads:
+        raise ValueError(
+            f"cpb_mlp must map the 2 coordinates to {num_heads=} values, got output of shape "
+            f"{tuple(out.shape)}."
+        )
+    return CPB_MAX * torch.sigmoid(out.reshape(-1, num_heads))  # ((2Wh-1)(2Ww-1), heads)
+
+
 def window_attention(
     qkv: Tensor,
     num_heads: int,
@@ -104,6 +145,7 @@ def window_attention(
     pad_qkv: Tensor | None = None,
     dropout_p: float = 0.0,
     backend: str | None = None,
+    logit_scale: Tensor | None = None,
 ) -> Tensor:
     """Multi-head self-attention inside (shifted) windows of a map, from its qkv projection.
 
@@ -127,6 +169,11 @@ def window_attention(
         dropout_p: dropout probability on the attention weights (pass 0 in eval mode).
         backend: `"reference"`, `"sdpa"`, `"triton"` or `"auto"`; `None` uses the current
             default (see `winattn.set_backend`).
+        logit_scale: `(num_heads,)` or Swin-V2's `(num_heads, 1, 1)`: turns on Swin-V2's
+            scaled cosine attention. q and k are L2-normalised per head and the logits are
+            `cos(q, k) * exp(min(logit_scale, log(100)))`, then the bias and the mask are
+            added. Differentiable; excludes `scale`. Swin-V2's continuous position bias is a
+            `bias_table` (see `continuous_position_bias`).
 
     Returns:
         `(B, H, W, C)`, the attention output before the output projection, heads concatenated.
@@ -154,6 +201,7 @@ def window_attention(
         scale=scale,
         pad_qkv=pad_qkv,
         dropout_p=dropout_p,
+        logit_scale=logit_scale,
     )
     return dispatch(call, backend)
 

@@ -40,6 +40,7 @@ __all__ = [
     "dense_bias",
     "memory_budget",
     "padded_size",
+    "relative_coords_table",
     "relative_position_index",
     "shifted_window_mask",
 ]
@@ -118,6 +119,49 @@ def relative_position_index(window_size: int | Pair, device: torch.device | str 
     """
     wh, ww = to_pair(window_size, "window_size")
     return _relative_position_index(wh, ww, None if device is None else torch.device(device))
+
+
+def relative_coords_table(
+    window_size: int | Pair,
+    pretrained_window_size: int | Pair = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Swin-V2's log-spaced relative coordinates, the input of its continuous position bias.
+
+    Every offset `(dh, dw)` of a window, `dh` in `[-(Wh-1), Wh-1]`, is divided by
+    `max(P - 1, 1)` per axis, where `P` is `pretrained_window_size` if it is positive and the
+    window otherwise, multiplied by 8 and mapped to `sign(t) * log2(1 + |t|) / 3`. Rows are
+    ordered as the rows of the relative position bias table, so
+    `relative_position_index` indexes the flattened table.
+
+    timm computes exactly this. torchvision's `swin_v2_*` has no pretrained window size and
+    divides by `W - 1` without the `max` (a window of 1 gives NaN there).
+
+    Args:
+        window_size: `Wh` or `(Wh, Ww)`.
+        pretrained_window_size: `P` or `(Ph, Pw)`; 0 normalises by the window itself.
+        device: where to build it.
+        dtype: its dtype (computed in float32); defaults to float32.
+
+    Returns:
+        `(1, 2Wh-1, 2Ww-1, 2)`, `(dh, dw)` mapped as above; within
+        `[-log2(9) / 3, log2(9) / 3]` (about 1.057) when normalised by the window itself.
+
+    Example:
+        >>> relative_coords_table(2).shape
+        torch.Size([1, 3, 3, 2])
+        >>> relative_coords_table(2)[0, 0, 0]
+        tensor([-1.0566, -1.0566])
+    """
+    wh, ww = to_pair(window_size, "window_size")
+    ph, pw = to_pair(pretrained_window_size, "pretrained_window_size", allow_zero=True)
+    norm_h, norm_w = (ph, pw) if ph > 0 else (wh, ww)
+    dh = torch.arange(-(wh - 1), wh, device=device, dtype=torch.float32) / max(norm_h - 1, 1)
+    dw = torch.arange(-(ww - 1), ww, device=device, dtype=torch.float32) / max(norm_w - 1, 1)
+    table = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1)[None] * 8  # (1, 2Wh-1, 2Ww-1, 2)
+    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / 3.0  # log2(8) = 3
+    return table.to(dtype or torch.float32)
 
 
 def _region_ids(length: int, window: int, shift: int, device: torch.device | None) -> Tensor:

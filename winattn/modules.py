@@ -12,17 +12,20 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from winattn._utils import positive_int, to_pair
 from winattn.backends import check_backend_name
-from winattn.functional import window_attention
-from winattn.geometry import check_map, check_shift, relative_position_index
+from winattn.functional import continuous_position_bias, window_attention
+from winattn.geometry import check_map, check_shift, relative_coords_table, relative_position_index
 
 __all__ = [
     "WindowAttention",
     "ShiftedWindowAttention",
+    "WindowAttentionV2",
     "SwinBlock",
+    "SwinV2Block",
     "WindowAttentionBlock",
     "GatedWindowAttentionBlock",
     "Mlp",
@@ -252,6 +255,165 @@ class ShiftedWindowAttention(WindowAttention):
         super().__init__(dim, num_heads, window_size, shift_size, **kwargs)
 
 
+#: Hidden width of Swin-V2's continuous position bias MLP (`cpb_mlp`).
+CPB_HIDDEN = 512
+
+
+class WindowAttentionV2(WindowAttention):
+    """Swin-V2's window attention: scaled cosine attention and a continuous position bias.
+
+    The logits are `cos(q, k) * exp(min(logit_scale, log(100)))` per head plus
+    `16 * sigmoid(cpb_mlp(relative_coords_table))`, gathered by the relative position index;
+    padding, shift and mask are those of `WindowAttention`. The qkv projection has no bias of
+    its own: with `qkv_bias`, q and v have one (`q_bias`, `v_bias`) and k's is zero.
+
+    Parameter and buffer names follow timm's `swinv2_*` (`qkv`, `q_bias`, `v_bias`,
+    `logit_scale` of shape `(num_heads, 1, 1)`, `cpb_mlp.0`, `cpb_mlp.2`, `proj`), so their
+    attention weights load with `strict=True`; `relative_coords_table` and
+    `relative_position_index` are non-persistent buffers (a checkpoint that carries them still
+    loads once they are checked to match).
+
+    Args:
+        dim: channels `C` of the input and output.
+        num_heads: attention heads; `dim` must be divisible by it.
+        window_size: `Wh` or `(Wh, Ww)`.
+        shift_size: `sh` or `(sh, sw)`, each in `[0, window)`; 0 means plain windows.
+        qkv_bias: whether q and v have a bias (`q_bias`, `v_bias`).
+        attn_drop: dropout on the attention weights (training only).
+        proj_drop: dropout after the output projection.
+        pretrained_window_size: `P` or `(Ph, Pw)`, the window the weights were trained with,
+            which scales the relative coordinates (`relative_coords_table`); 0: this window.
+        backend: a backend name to use for this module; None follows the global choice.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Shapes:
+        x: `(B, H, W, C)` -> `(B, H, W, C)`.
+
+    Example:
+        >>> attn = WindowAttentionV2(dim=64, num_heads=4, window_size=8, shift_size=4)
+        >>> attn(torch.randn(2, 30, 45, 64)).shape
+        torch.Size([2, 30, 45, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] = 0,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pretrained_window_size: int | tuple[int, int] = 0,
+        backend: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__(
+            dim, num_heads, window_size, shift_size, qkv_bias=False, attn_drop=attn_drop,
+            proj_drop=proj_drop, rel_pos_bias=False, backend=backend, **factory,
+        )
+        self.pretrained_window_size = to_pair(pretrained_window_size, "pretrained_window_size", allow_zero=True)
+        self.logit_scale = nn.Parameter(torch.empty(num_heads, 1, 1, **factory))  # (heads, 1, 1)
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, CPB_HIDDEN, **factory),
+            nn.ReLU(inplace=True),
+            nn.Linear(CPB_HIDDEN, num_heads, bias=False, **factory),
+        )
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.empty(dim, **factory))
+            self.v_bias = nn.Parameter(torch.empty(dim, **factory))
+        else:
+            self.register_parameter("q_bias", None)
+            self.register_parameter("v_bias", None)
+        self.register_buffer(
+            "relative_coords_table",
+            relative_coords_table(self.window_size, self.pretrained_window_size, device=device, dtype=dtype),
+            persistent=False,
+        )  # (1, 2Wh-1, 2Ww-1, 2)
+        del self.relative_position_index  # WindowAttention's None, without a bias table
+        self.register_buffer(
+            "relative_position_index", relative_position_index(self.window_size, device=device), persistent=False
+        )  # (N, N)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Swin-V2's initialisation: `logit_scale = log(10)`, zero q and v biases."""
+        if "logit_scale" not in self._parameters:  # called by WindowAttention.__init__, before they exist
+            return
+        nn.init.constant_(self.logit_scale, math.log(10.0))
+        if self.q_bias is not None:
+            nn.init.zeros_(self.q_bias)
+            nn.init.zeros_(self.v_bias)
+
+    def qkv_bias(self) -> Tensor | None:
+        """`(3C,)`: `q_bias`, zeros for k, `v_bias`; None without biases."""
+        if self.q_bias is None:
+            return None
+        return torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+
+    def bias_table(self) -> Tensor:
+        """`((2Wh-1)(2Ww-1), heads)`, the continuous position bias as a bias table."""
+        return continuous_position_bias(self.cpb_mlp, self.relative_coords_table, self.num_heads)
+
+    def forward(self, x: Tensor, backend: str | None = None) -> Tensor:
+        """Args:
+            x: `(B, H, W, C)`.
+            backend: per-call backend override (beats the module's own).
+
+        Returns:
+            `(B, H, W, C)`.
+        """
+        _check_channels_last(x, self.dim, self.qkv.weight)
+        _check_backend(backend)
+        bias = self.qkv_bias()
+        out = window_attention(
+            F.linear(x, self.qkv.weight, bias),  # (B, H, W, 3C)
+            self.num_heads,
+            self.window_size,
+            self._shift_for((x.shape[1], x.shape[2])),
+            bias_table=self.bias_table(),
+            logit_scale=self.logit_scale,
+            pad_qkv=bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            backend=backend if backend is not None else self.backend,
+        )  # (B, H, W, C)
+        return self.proj_drop(self.proj(out))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # The official Swin-V2 checkpoints save relative_coords_table; accept it once it matches.
+        key = prefix + "relative_coords_table"
+        if key in state_dict:
+            given = state_dict.pop(key)
+            ours = self.relative_coords_table
+            if tuple(given.shape) != tuple(ours.shape) or not torch.allclose(given.to(ours), ours):
+                raise ValueError(
+                    f"{key} in the checkpoint does not match this module (window_size="
+                    f"{self.window_size}, pretrained_window_size={self.pretrained_window_size}); "
+                    f"build the module with the checkpoint's window sizes."
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
+            f"shift_size={self.shift_size}"
+        )
+        if any(self.pretrained_window_size):
+            s += f", pretrained_window_size={self.pretrained_window_size}"
+        if self.q_bias is None:
+            s += ", qkv_bias=False"
+        if self.attn_drop:
+            s += f", attn_drop={self.attn_drop}"
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
+        return s
+
+
 #: In eval mode on the CPU, MLPs run on this many bytes of hidden activations at a time
 #: (`Mlp.forward_rows`).
 MLP_CHUNK_BYTES = 4 * 1024 * 1024
@@ -466,6 +628,93 @@ class SwinBlock(nn.Module):
             rows = x.reshape(-1, self.dim)  # (B*H*W, C)
             return self.mlp.forward_rows(rows, self.norm2, rows).view(x.shape)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class SwinV2Block(nn.Module):
+    """Post-norm transformer block with Swin-V2's window attention (`WindowAttentionV2`).
+
+    `x + norm1(attn(x))`, then `x + norm2(mlp(x))`, with stochastic depth on both branches:
+    Swin-V2 normalises the branch outputs where Swin-V1 normalises their inputs. State-dict
+    names are timm's `SwinTransformerV2Block`'s: `attn.*`, `norm1`, `mlp.fc1`, `mlp.fc2`,
+    `norm2`.
+
+    Args:
+        dim: channels `C`.
+        num_heads: attention heads.
+        window_size: `Wh` or `(Wh, Ww)`.
+        shift_size: `sh` or `(sh, sw)`; Swin alternates 0 and `window_size // 2`.
+        mlp_ratio: hidden width of the MLP over `dim`.
+        qkv_bias: whether q and v have a bias.
+        drop: dropout after the projections and in the MLP.
+        attn_drop: dropout on the attention weights.
+        drop_path: stochastic depth rate.
+        act_layer: activation of the MLP.
+        norm_layer: normalisation layer, built as `norm_layer(dim)`.
+        pretrained_window_size: see `WindowAttentionV2`.
+        backend: backend for this block's attention; None follows the global choice.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+
+    Shapes:
+        x: `(B, H, W, C)` -> `(B, H, W, C)`.
+
+    Example:
+        >>> block = SwinV2Block(dim=48, num_heads=3, window_size=4, shift_size=2)
+        >>> block(torch.randn(1, 17, 9, 48)).shape
+        torch.Size([1, 17, 9, 48])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int | tuple[int, int] = 8,
+        shift_size: int | tuple[int, int] = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        pretrained_window_size: int | tuple[int, int] = 0,
+        backend: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(mlp_ratio, (int, float)) and math.isfinite(mlp_ratio) and mlp_ratio > 0):
+            raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio=}; Swin uses 4.0.")
+        dim = positive_int(dim, "dim")
+        factory = {"device": device, "dtype": dtype}
+        self.dim = dim
+        self.attn = WindowAttentionV2(
+            dim,
+            num_heads,
+            window_size,
+            shift_size,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+            pretrained_window_size=pretrained_window_size,
+            backend=backend,
+            **factory,
+        )
+        self.norm1 = norm_layer(dim, **factory)
+        self.drop_path = DropPath(drop_path)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **factory)
+        self.norm2 = norm_layer(dim, **factory)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args:
+            x: `(B, H, W, C)`.
+
+        Returns:
+            `(B, H, W, C)`.
+        """
+        _check_channels_last(x, self.dim, self.attn.qkv.weight)
+        x = x + self.drop_path(self.norm1(self.attn(x)))
+        return x + self.drop_path(self.norm2(self.mlp(x)))
 
 
 def _conv(in_ch: int, out_ch: int, k: int, factory: dict[str, Any]) -> nn.Conv2d:

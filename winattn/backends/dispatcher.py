@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "AUTO",
     "AUTO_ORDER",
     "ENV_VAR",
+    "MAX_LOGIT_SCALE",
     "AttentionCall",
     "Backend",
     "BackendUnavailableError",
@@ -76,6 +78,9 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 _AUTO_ORDER_OTHER = ("sdpa", "reference")
 
+#: Swin-V2 clamps the log of the cosine attention's per-head scale at `log(1 / 0.01)`.
+MAX_LOGIT_SCALE = math.log(100.0)
+
 
 class BackendUnavailableError(RuntimeError):
     """No backend, or not the one asked for, can run this call. The message lists why."""
@@ -95,6 +100,9 @@ class AttentionCall:
         scale: logit scale.
         pad_qkv: `(3 * C,)` or None (zeros).
         dropout_p: attention dropout probability.
+        logit_scale: `(num_heads,)` or None. When given, the attention is Swin-V2's scaled
+            cosine attention: q and k are L2-normalised per head and the logits are
+            multiplied by `cosine_scale()` (`scale` is then 1 and unused).
     """
 
     qkv: Tensor
@@ -106,6 +114,7 @@ class AttentionCall:
     scale: float
     pad_qkv: Tensor | None
     dropout_p: float
+    logit_scale: Tensor | None = None
 
     @property
     def size(self) -> Pair:
@@ -131,11 +140,23 @@ class AttentionCall:
         return any(self.shift_size)
 
     @property
+    def cosine(self) -> bool:
+        """Whether this is Swin-V2's scaled cosine attention (`logit_scale` given)."""
+        return self.logit_scale is not None
+
+    @property
     def needs_grad(self) -> bool:
         return torch.is_grad_enabled() and any(
             t is not None and t.requires_grad
-            for t in (self.qkv, self.bias_table, self.bias, self.pad_qkv)
+            for t in (self.qkv, self.bias_table, self.bias, self.pad_qkv, self.logit_scale)
         )
+
+    def cosine_scale(self) -> Tensor:
+        """`exp(min(logit_scale, log(100)))` in qkv's dtype, `(num_heads,)`: the per-head
+        factor of the cosine similarities, as Swin-V2 clamps it (at most 100)."""
+        if self.logit_scale is None:
+            raise ValueError("cosine_scale() needs a call with logit_scale (cosine attention).")
+        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().to(self.qkv.dtype)
 
     @classmethod
     def build(
@@ -150,6 +171,7 @@ class AttentionCall:
         scale: float | None,
         pad_qkv: Tensor | None,
         dropout_p: float,
+        logit_scale: Tensor | None = None,
     ) -> AttentionCall:
         """Checks every argument of `window_attention` and normalises it.
 
@@ -195,7 +217,11 @@ class AttentionCall:
             raise ValueError(
                 f"pad_qkv must have shape (3 * C,) = ({c3},), got {tuple(pad_qkv.shape)}."
             )
-        for name, t in (("bias_table", bias_table), ("bias", bias), ("pad_qkv", pad_qkv)):
+        if logit_scale is not None:
+            logit_scale = _check_logit_scale(logit_scale, scale, num_heads)
+        for name, t in (
+            ("bias_table", bias_table), ("bias", bias), ("pad_qkv", pad_qkv), ("logit_scale", logit_scale)
+        ):
             if t is not None and t.device != qkv.device:
                 raise ValueError(
                     f"{name} is on {t.device} but qkv is on {qkv.device}; move them to one "
@@ -204,9 +230,14 @@ class AttentionCall:
         if not 0.0 <= dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p=}.")
         check_memory(qkv.shape[1:3], window, num_heads, max(qkv.element_size(), 4))
-        if scale is None:
+        if logit_scale is not None:
+            scale = 1.0
+        elif scale is None:
             scale = default_scale(c3 // (3 * num_heads))
-        return cls(qkv, num_heads, window, shift, bias_table, bias, float(scale), pad_qkv, dropout_p)
+        return cls(
+            qkv, num_heads, window, shift, bias_table, bias, float(scale), pad_qkv, dropout_p,
+            logit_scale=logit_scale,
+        )
 
     def dense_bias(self) -> Tensor | None:
         """The relative position bias as `(num_heads, N, N)` in qkv's dtype, or None."""
@@ -215,6 +246,22 @@ class AttentionCall:
         if self.bias_table is None:
             return None
         return dense_bias(self.bias_table, self.window_size).to(self.qkv.dtype)  # (heads, N, N)
+
+
+def _check_logit_scale(logit_scale: Tensor, scale: float | None, num_heads: int) -> Tensor:
+    """`logit_scale` as `(num_heads,)`; Swin-V2 stores it as `(num_heads, 1, 1)`."""
+    if scale is not None:
+        raise ValueError(
+            f"pass either scale (dot-product attention) or logit_scale (cosine attention), not "
+            f"both; got {scale=}."
+        )
+    if not isinstance(logit_scale, Tensor) or logit_scale.numel() != num_heads:
+        shape = tuple(logit_scale.shape) if isinstance(logit_scale, Tensor) else type(logit_scale).__name__
+        raise ValueError(
+            f"logit_scale must be a tensor of num_heads={num_heads} values, (num_heads,) or "
+            f"(num_heads, 1, 1) as in Swin-V2, got {shape}."
+        )
+    return logit_scale.reshape(num_heads)
 
 
 class Backend:

@@ -9,7 +9,9 @@ Step by step, as in Swin and the official STF code:
 2. roll the padded map by `(-sh, -sw)` (the cyclic shift);
 3. cut it into windows of `N = Wh * Ww` tokens and split q, k, v and the heads;
 4. logits `(q * scale) @ k^T + bias`, plus the shifted-window mask (-100 between tokens of
-   different bands, padding tokens not masked);
+   different bands, padding tokens not masked); with `logit_scale` (Swin-V2's scaled cosine
+   attention) the logits are instead `cos(q, k) * exp(min(logit_scale, log 100))` per head,
+   q and k L2-normalised along `head_dim` in (at least) float32, then the bias and mask;
 5. softmax in (at least) float32, dropout, weights @ v;
 6. merge the windows, roll back by `(sh, sw)`, crop to `(H, W)`.
 """
@@ -40,6 +42,13 @@ def pad_map(qkv: Tensor, padded: tuple[int, int], pad_qkv: Tensor | None) -> Ten
     return torch.cat([qkv, bottom], dim=1)  # (B, Hp, Wp, C3)
 
 
+def unit(x: Tensor) -> Tensor:
+    """`x` L2-normalised along its last axis, computed in (at least) float32 with
+    `F.normalize`'s `eps=1e-12` (which keeps a zero vector, such as a padding token's key with
+    a zero bias, at zero), returned in `x`'s dtype."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1).to(x.dtype)
+
+
 def reference_window_attention(call: AttentionCall) -> Tensor:
     """The specification of `window_attention`. Returns `(B, H, W, C)`."""
     qkv = call.qkv
@@ -59,7 +68,12 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         heads=call.num_heads,
     )  # each (B*nW, heads, N, d)
 
-    logits = (q * call.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
+    if call.cosine:
+        q, k = unit(q), unit(k)
+        logits = q @ k.transpose(-2, -1)  # (B*nW, heads, N, N), cosine similarities
+        logits = logits * call.cosine_scale()[:, None, None]
+    else:
+        logits = (q * call.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
     bias = call.dense_bias()
     if bias is not None:
         logits = logits + bias  # bias: (heads, N, N)

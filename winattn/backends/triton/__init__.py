@@ -93,6 +93,11 @@ class TritonBackend(Backend):
             reasons.append(
                 f"window_size={call.window_size} has {tokens} tokens, over {MAX_TOKENS}"
             )
+        if call.cosine:
+            reasons.append(
+                "cosine attention (logit_scale, Swin-V2) has no Triton kernel yet; use "
+                "backend='sdpa'"
+            )
         for name in ("bias_table", "bias", "pad_qkv"):
             t = getattr(call, name)
             if t is not None and t.device != qkv.device:

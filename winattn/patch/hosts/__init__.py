@@ -14,6 +14,7 @@ from winattn.patch.hosts.scunet import ScunetWMSA
 from winattn.patch.hosts.stf import StfSwinBlock, StfWinBasedAttention
 from winattn.patch.hosts.swin_block import SwinBlock
 from winattn.patch.hosts.swin_v1 import SwinV1Attention, WindowLevelAttention
+from winattn.patch.hosts.swin_v2 import TimmSwinV2Block, TorchvisionSwinV2Block
 from winattn.patch.hosts.timm import TimmSwinBlock
 from winattn.patch.hosts.torchvision import MapLevelAttention, TorchvisionShiftedWindowAttention
 
@@ -29,6 +30,8 @@ __all__ = [
 
 #: Every host family, most specific first.
 HOSTS: tuple[Host, ...] = (
+    TimmSwinV2Block(),
+    TorchvisionSwinV2Block(),
     TimmSwinBlock(),
     StfSwinBlock(),
     StfWinBasedAttention(),
