@@ -37,6 +37,7 @@ from winattn.functional import (
     window_attention,
 )
 from winattn.patch.hosts.base import Swap, SwappedBlock, dropout_p
+from winattn.patch.hosts.timm import TimmSwinBlock
 
 __all__ = [
     "SwappedTimmSwinV2Block",
@@ -140,6 +141,8 @@ class TimmSwinV2Block:
     """timm's `SwinTransformerV2Block`."""
 
     name = "timm SwinTransformerV2Block"
+    # a static mask serves only the block's input resolution, as in timm's Swin-v1 block
+    probe_sizes = TimmSwinBlock.probe_sizes
 
     def matches(self, m: nn.Module) -> bool:
         return (
