@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Command-line conventions shared by the STF scripts: help that shows the defaults, and
-outputs that are never overwritten without `--force`.
+"""Command-line conventions shared by the example scripts: help that shows the defaults,
+outputs that are never overwritten without `--force`, and output folders that one run at a
+time writes into.
 
 Example:
     >>> import argparse
@@ -14,7 +15,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -43,3 +48,99 @@ def refuse_existing(paths: Iterable[str | Path | None], force: bool) -> None:
     for path in paths:
         if path is not None and Path(path).exists():
             raise FileExistsError(f"{str(path)!r} already exists; pass --force to overwrite it.")
+
+
+LOCK_NAME = ".winattn.lock"
+
+
+class FolderInUseError(OSError):
+    """Another process holds the run lock of an output folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, option: str) -> Iterator[Path]:
+    """Holds an exclusive OS lock (`flock`) on `folder` while a run writes into it.
+
+    The lock file `.winattn.lock` records the owner's PID. The kernel releases the lock when
+    the process ends, however it ends (a crash or `kill -9` included), so no stale lock is
+    ever left to clean up.
+
+    Args:
+        folder: the output folder (created if missing).
+        option: the command-line option that named it, for the message (`--save-dir`).
+
+    Raises:
+        FolderInUseError: another process holds the lock; the message names the folder and
+            the owner's PID.
+        NotADirectoryError: `folder` is an existing file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {str(folder)!r} is a file, not a folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderInUseError(
+            f"{option} {str(folder)!r} is in use by another run (PID {owner}); wait for it to "
+            f"end, or pass another {option}."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def claim_run_folder(
+    folder: str | Path, marker: str, own: Callable[[Path], bool], *, force: bool, option: str
+) -> None:
+    """Prepares the output folder of a tool that writes several files and may start over.
+
+    The tool's folders carry a marker file of its own. `force` deletes what the tool wrote
+    (the entries `own` accepts) and nothing else: a folder without the marker, or holding any
+    entry `own` refuses, is refused with the names of those entries. Without `force`, a
+    non-empty folder must be the tool's (marker present, or only its own entries: a run
+    written before markers existed).
+
+    Args:
+        folder: the output folder (created, with the marker, if missing or empty).
+        marker: the name of the tool's marker file.
+        own: whether an entry of the folder is one the tool writes.
+        force: delete the tool's earlier files, so the run starts over.
+        option: the command-line option that named the folder, for the messages.
+
+    Raises:
+        NotADirectoryError: `folder` is an existing file.
+        FileExistsError: the folder holds entries the tool did not write; nothing is deleted.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"{option} {str(folder)!r} is a file, not a folder; pass a folder path."
+        )
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    foreign = [p.name for p in entries if p.name not in (marker, LOCK_NAME) and not own(p)]
+    if foreign:
+        raise FileExistsError(
+            f"{option} {str(folder)!r} holds files this tool did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); nothing was "
+            f"deleted. Pass another {option}, or move those files away."
+        )
+    if force and entries and not (folder / marker).exists():
+        raise FileExistsError(
+            f"{option} {str(folder)!r} has no {marker} marker, so it is not a folder this tool "
+            f"made; --force only replaces the tool's own folders. Nothing was deleted; pass "
+            f"another {option}."
+        )
+    if force:
+        for path in entries:
+            if path.name in (marker, LOCK_NAME):
+                continue
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / marker).touch()
