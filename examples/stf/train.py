@@ -28,6 +28,8 @@ import random
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from . import zoo  # noqa: E402
-from .cli import HelpFormatter  # noqa: E402
+from .cli import FolderInUseError, HelpFormatter, folder_lock  # noqa: E402
 from .data import (  # noqa: E402
     MIN_MS_SSIM_SIDE,
     SMOKE_DIR,
@@ -221,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.num_workers = default_workers()
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after must be at least 1 step, got {args.stop_after}.")
+    for key in ("iterations", "batch_size", "val_batch_size", "patch_size", "val_every",
+                "save_every"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}.")
     if args.lr_drop is None:
         args.lr_drop = int(0.9 * args.iterations)
     if args.lmbda is None:
@@ -596,11 +602,42 @@ def _leave_signals_to_main(worker_id: int) -> None:
     threading.Thread(target=wait, name="sigterm-from-main", daemon=True).start()
 
 
+@contextmanager
+def save_dir_lock(args: argparse.Namespace, runtime: Runtime) -> Iterator[None]:
+    """Holds the run lock of `--save-dir` for the whole run (see `cli.folder_lock`).
+
+    Process 0 writes every checkpoint, so it alone takes the lock; when it cannot, every
+    process stops with the same error (a collective call when distributed).
+    """
+    with ExitStack() as stack:
+        error = None
+        if runtime.is_main:
+            try:
+                stack.enter_context(folder_lock(args.save_dir, "--save-dir"))
+            except OSError as err:
+                error = err
+        if any_process(error is not None, runtime):
+            raise error or FolderInUseError(
+                f"--save-dir {str(args.save_dir)!r}: process 0 could not take the run lock."
+            )
+        yield
+
+
+def any_process(flag: bool, runtime: Runtime) -> bool:
+    """Whether `flag` is True on any process (a collective call when distributed)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     runtime = args.runtime = setup_runtime(args.device)
     try:
-        run(args, runtime)
+        with save_dir_lock(args, runtime):
+            run(args, runtime)
     except (OSError, ValueError, FloatingPointError) as err:  # a message, not a traceback
         print(f"train.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
