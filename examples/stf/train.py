@@ -506,6 +506,7 @@ def check_resumable(checkpoint: dict, args: argparse.Namespace, info: zoo.ModelI
             f"--resume {args.resume} lacks {', '.join(missing)}: it holds weights only (an "
             "export?); resume from the checkpoint.pth.tar a run saved."
         )
+    check_fields(checkpoint, args.resume)
     saved, current = checkpoint.get("args") or {}, plain_args(args)
     changed = [k for k in SCHEDULE_KEYS
                if k in saved and not _same_setting(k, saved[k], current[k])]
@@ -518,6 +519,28 @@ def check_resumable(checkpoint: dict, args: argparse.Namespace, info: zoo.ModelI
             + "; resume with the same settings to continue the run exactly, or pass "
             "--allow-schedule-change to continue with the new ones."
         )
+
+
+# The type of every entry a resumed run reads from its checkpoint.
+CHECKPOINT_FIELDS = {"step": int, "best_loss": (int, float), "state_dict": dict,
+                     "optimizer": dict, "aux_optimizer": dict, "rng_states": (list, type(None)),
+                     "args": (dict, type(None))}
+
+
+def check_fields(checkpoint: dict, path: Path) -> None:
+    """Refuses entries of the wrong type (a hand-edited checkpoint), naming the first one."""
+    for key, kind in CHECKPOINT_FIELDS.items():
+        value = checkpoint.get(key)
+        if key in checkpoint and (not isinstance(value, kind) or isinstance(value, bool)):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(
+                k.__name__ for k in kind)
+            raise ValueError(
+                f"--resume {path}: entry {key!r} holds {type(value).__name__} {value!r:.60}, "
+                f"not {expected}; the file was edited or damaged. Resume from an intact "
+                "checkpoint."
+            )
+    if checkpoint["step"] < 0:
+        raise ValueError(f"--resume {path}: entry 'step' is {checkpoint['step']}, below 0.")
 
 
 def remove_stale_temporaries(save_dir: Path) -> list[Path]:
@@ -694,12 +717,21 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
         nonlocal saved_step
         check_replicas_in_sync(model, runtime)  # rank 0 saves for all of them
         states = gather_rng_states(runtime)
+        error = None
         if runtime.is_main:
-            zoo.save_checkpoint(
-                args.save_dir / name, model, info, step=step, best_loss=best_loss,
-                optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
-                rng_states=states, args=plain_args(args),
-            )
+            try:
+                zoo.save_checkpoint(
+                    args.save_dir / name, model, info, step=step, best_loss=best_loss,
+                    optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
+                    rng_states=states, args=plain_args(args),
+                )
+            except OSError as err:  # a full disk: the previous checkpoint is intact
+                error = err
+                if saved_step is not None and checkpoint_path.exists():
+                    error = OSError(f"{err} {checkpoint_path} holds step {saved_step}; "
+                                    "--resume from it.")
+        if any_process(error is not None, runtime):  # every process stops, none waits
+            raise error or OSError(f"process 0 could not save {args.save_dir / name}.")
         if name == checkpoint_path.name:
             saved_step = step
 
