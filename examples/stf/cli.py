@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from winattn.pretrained.images import check_output
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends `(default: ...)` to every option's help, except where there is nothing to show
@@ -33,21 +35,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def refuse_existing(paths: Iterable[str | Path | None], force: bool) -> None:
-    """Checks, before any work starts, that no output would replace an existing file.
+def refuse_existing(
+    paths: Iterable[str | Path | None], force: bool, inputs: Iterable[str | Path | None] = ()
+) -> None:
+    """Checks, before any work starts, that no output would replace an input or (without
+    `force`) an existing file; `winattn.pretrained.images.check_output` for each output.
 
     Args:
-        paths: the output files (None entries are skipped).
-        force: when True, existing files may be overwritten and nothing is checked.
+        paths: the output files (None entries are skipped); missing folders are created later.
+        force: when True, existing files other than the inputs may be overwritten.
+        inputs: the files the command reads.
 
     Raises:
         FileExistsError: naming the first existing output and the fix.
+        ValueError: an output is one of the inputs.
     """
-    if force:
-        return
+    inputs = list(inputs)
     for path in paths:
-        if path is not None and Path(path).exists():
-            raise FileExistsError(f"{str(path)!r} already exists; pass --force to overwrite it.")
+        if path is not None:
+            check_output(path, force=force, inputs=inputs, folder_must_exist=False)
 
 
 LOCK_NAME = ".winattn.lock"
