@@ -109,9 +109,8 @@ def claim_run_folder(
 
     The tool's folders carry a marker file of its own. `force` deletes what the tool wrote
     (the entries `own` accepts) and nothing else: a folder without the marker, or holding any
-    entry `own` refuses, is refused with the names of those entries. Without `force`, a
-    non-empty folder must be the tool's (marker present, or only its own entries: a run
-    written before markers existed).
+    entry `own` refuses, is refused with the names of those entries. Without `force` nothing
+    is deleted, and the tool resumes or refuses by what its own files say.
 
     Args:
         folder: the output folder (created, with the marker, if missing or empty).
@@ -122,16 +121,18 @@ def claim_run_folder(
 
     Raises:
         NotADirectoryError: `folder` is an existing file.
-        FileExistsError: the folder holds entries the tool did not write; nothing is deleted.
+        FileExistsError: with `force`, the folder has no marker or holds entries the tool did
+            not write; nothing is deleted.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(
             f"{option} {str(folder)!r} is a file, not a folder; pass a folder path."
         )
-    entries = sorted(folder.iterdir()) if folder.is_dir() else []
-    foreign = [p.name for p in entries if p.name not in (marker, LOCK_NAME) and not own(p)]
-    if foreign:
+    ours = (marker, LOCK_NAME)
+    entries = sorted(p for p in folder.iterdir() if p.name not in ours) if folder.is_dir() else []
+    foreign = [p.name for p in entries if not own(p)]
+    if force and foreign:
         raise FileExistsError(
             f"{option} {str(folder)!r} holds files this tool did not write "
             f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); nothing was "
@@ -145,8 +146,6 @@ def claim_run_folder(
         )
     if force:
         for path in entries:
-            if path.name in (marker, LOCK_NAME):
-                continue
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / marker).touch()

@@ -158,3 +158,11 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_owner(tmp_path, c
     with folder_lock(out, "--out"):
         assert main(["train", "--out", str(out), "--steps", "1"]) == 2
     assert "is in use by another run (PID" in capsys.readouterr().err
+
+
+def test_force_into_a_new_folder_trains(tmp_path):
+    out = tmp_path / "new"
+    argv = ["train", "--out", str(out), "-N", "8", "-M", "8", "--lmbdas", "0.01",
+            "--steps", "1", "--crop", "64", "--batch-size", "1", "--no-progress", "--force"]
+    assert main(argv) == 0
+    assert (out / "train.json").exists()
