@@ -145,3 +145,9 @@ def test_weights_with_int_keys_are_a_clear_error(tmp_path):
     torch.save(dict(enumerate(state.values())), weights)
     with pytest.raises(ValueError, match="not a state dict of parameter names to tensors: entry 0"):
         pretrained.load_folder(folder, 1)
+
+
+@pytest.mark.parametrize("call", [pretrained.card, pretrained.load, pretrained.load_folder])
+def test_an_int_keyed_dict_for_a_name_is_a_clear_error(call):
+    with pytest.raises(ValueError, match="got dict"):
+        call({1: NAME})

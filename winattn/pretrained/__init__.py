@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -47,6 +48,11 @@ def available() -> list[str]:
 
 
 def _check_name(name: str) -> Path:
+    if not isinstance(name, str):
+        raise ValueError(
+            f"name must be the str name of a shipped model, one of {available()}; got "
+            f"{type(name).__name__} {name!r:.80}."
+        )
     folder = _ROOT / name
     if not (folder / "card.json").is_file():
         raise ValueError(f"unknown pretrained model name={name!r}; choose one of {available()}.")
@@ -64,6 +70,7 @@ def card(name: str) -> dict:
     Raises:
         ValueError: an unknown name (the message lists the shipped ones).
     """
+    _check_name(name)  # before the cache, which needs a hashable name
     return json.loads(json.dumps(_card(name)))  # a copy the caller may change
 
 
@@ -94,6 +101,8 @@ def load_folder(
     This is how a model exported by `python -m examples.ablation export --dest DIR` is loaded
     before it ships.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"folder must be a path; got {type(folder).__name__} {folder!r:.80}.")
     folder = Path(folder)
     if not (folder / "card.json").is_file():
         raise ValueError(f"folder={str(folder)!r} has no card.json; export a model there first.")
