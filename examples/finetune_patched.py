@@ -18,9 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,8 +29,12 @@ from tqdm import tqdm
 from winattn import patch_model
 
 if __package__:  # imported (examples.finetune_patched, winattn_examples.finetune_patched)
+    from .stf.atomic import atomic_write
+    from .stf.cli import refuse_existing
     from .stf.data import find_images, read_image
 else:  # run as a script: its folder is on sys.path
+    from stf.atomic import atomic_write
+    from stf.cli import refuse_existing
     from stf.data import find_images, read_image
 
 # CompressAI's MSE lambdas of the zoo's qualities 1..8 (the rate point the weights were trained at).
@@ -42,9 +44,10 @@ MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 class ImageCrops(Dataset):
     """Random crops of every image under `root`, as `(3, size, size)` tensors in `[0, 1]`.
 
-    Images are read as the STF example reads them (`stf.data.read_image`): 16-bit images are
-    scaled from 16 bits and an alpha channel is dropped, each with a warning; images smaller than
-    `size` are zero-padded.
+    Images are read by the examples' one reader (`winattn.pretrained.images.read_image`):
+    16-bit images are scaled from 16 bits, an alpha channel is dropped, masks become 0/255 and
+    EXIF orientation is applied, with a warning wherever the data changes; images smaller
+    than `size` are zero-padded.
     """
 
     def __init__(self, root: str, size: int) -> None:
@@ -77,26 +80,11 @@ def optimizers(model: torch.nn.Module, lr: float, aux_lr: float):
     return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
 
 
-def save_atomically(payload: dict, out: Path, overwrite: bool) -> None:
-    """`torch.save` to a temporary file beside `out`, then one rename: never half a file."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"--out {str(out)!r} already exists; pass --force to overwrite it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def train(args: argparse.Namespace) -> Path:
     from compressai.losses import RateDistortionLoss
 
     out = Path(args.out)
-    if out.exists() and not args.force:  # checked before training, not after
-        raise FileExistsError(f"--out {str(out)!r} already exists; pass --force to overwrite it.")
+    refuse_existing([out], args.force, inputs=[args.checkpoint])  # before training, not after
     print(f"fine-tuning {args.arch} quality {args.quality} at lambda={args.lmbda}; the result "
           f"goes to {out}")
     device = torch.device(args.device)
@@ -129,7 +117,7 @@ def train(args: argparse.Namespace) -> Path:
             )
     payload = {"state_dict": model.state_dict(), "arch": f"{args.arch}-winattn",
                "epoch": args.epochs, "quality": args.quality, "lmbda": args.lmbda}
-    save_atomically(payload, out, overwrite=args.force)
+    atomic_write(out, lambda tmp: torch.save(payload, tmp), overwrite=args.force)
     print(f"saved {out}; export it with: python -m winattn.integrations.compressai update_model "
           f"{out} -a {args.arch}-winattn")
     return out

@@ -10,17 +10,24 @@
 the same config; `evaluate` compresses the held-out photographs with every trained model and
 with JPEG and WebP, and writes the JSON results, the BD-rate and the RD plot; `run` does both;
 `export` ships the patched models as `winattn.pretrained` weights with their model card.
-A folder that holds another config, or finished results, is only overwritten with `--force`.
+A folder that holds another config, or finished results, is only overwritten with `--force`;
+`train --force` deletes only what the tool wrote into a folder that carries its marker file
+(`.winattn-ablation`), and refuses a folder that holds anything else. One run at a time writes
+into a folder (an OS lock; a second one is refused with the owner's PID).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import math
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from .train import TrainConfig, train_models
+import numpy as np
+
+from ..stf.cli import claim_run_folder, folder_lock
+from .train import MARKER, TrainConfig, check_arch, is_run_file, train_models
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +73,13 @@ def _config(args: argparse.Namespace) -> TrainConfig:
             raise ValueError(
                 f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1."
             )
-    if any(lm <= 0 for lm in args.lmbdas):
-        raise ValueError(f"--lmbdas={args.lmbdas} must all be positive.")
+    for name in ("lmbdas", "lr", "min_lr"):
+        value = getattr(args, name)
+        if not all(math.isfinite(v) and v > 0 for v in np.atleast_1d(value)):
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be positive and finite.")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes={args.max_minutes} must be positive.")
+    check_arch(args.arch)
     return TrainConfig(
         arch=args.arch,
         N=args.N,
@@ -88,32 +100,35 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        if args.command in ("train", "run"):
-            config = _config(args)
-            if args.force and args.out.exists():
-                shutil.rmtree(args.out)
-            summary = train_models(
-                config,
-                args.out,
-                max_minutes=args.max_minutes,
-                stop_at=args.stop_at,
-                progress=not args.no_progress,
-            )
-            print(f"trained {summary['steps']}/{config.steps} steps -> {args.out}")
-            if not summary["finished"]:
-                print("stopped early; run the same command again to resume.")
-                return 0
-        if args.command in ("evaluate", "run"):
-            from .evaluate import evaluate_run
+        with ExitStack() as stack:
+            if args.command in ("train", "run"):
+                config = _config(args)  # every argument is checked before the folder is touched
+                stack.enter_context(folder_lock(args.out, "--out"))
+                claim_run_folder(args.out, MARKER, is_run_file, force=args.force, option="--out")
+                summary = train_models(
+                    config,
+                    args.out,
+                    max_minutes=args.max_minutes,
+                    stop_at=args.stop_at,
+                    progress=not args.no_progress,
+                )
+                print(f"trained {summary['steps']}/{config.steps} steps -> {args.out}")
+                if not summary["finished"]:
+                    print("stopped early; run the same command again to resume.")
+                    return 0
+            if args.command in ("evaluate", "run"):
+                from .evaluate import evaluate_run
 
-            evaluate_run(args.out, force=args.force)
+                if args.command == "evaluate" and args.out.is_dir():
+                    stack.enter_context(folder_lock(args.out, "--out"))
+                evaluate_run(args.out, force=args.force)
         if args.command == "export":
             from .export import export_run
 
             card = export_run(args.out, args.name, dest=args.dest, force=args.force)
             for q, e in card["qualities"].items():
                 print(f"{args.name} quality {q}: {e['heldout_mean']}")
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

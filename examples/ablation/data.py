@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from winattn.pretrained.images import from_array
+
 EVAL_IMAGES: tuple[str, ...] = ("astronaut", "coffee", "chelsea")
 TRAIN_IMAGES: tuple[str, ...] = (
     "rocket",
@@ -48,7 +50,7 @@ TRAIN_IMAGES: tuple[str, ...] = (
 
 
 def _read(name: str) -> np.ndarray:
-    """One bundled photograph as an `(H, W, 3)` uint8 array."""
+    """One bundled photograph as scikit-image gives it (`(H, W)` or `(H, W, C)`)."""
     try:
         import skimage.data
     except ImportError as err:
@@ -65,9 +67,7 @@ def _read(name: str) -> np.ndarray:
             f"unknown photograph name={name!r}; choose one of "
             f"EVAL_IMAGES={EVAL_IMAGES} or TRAIN_IMAGES={TRAIN_IMAGES}."
         )
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(img[:, :, :3])
+    return img
 
 
 def load_image(name: str) -> Tensor:
@@ -82,7 +82,7 @@ def load_image(name: str) -> Tensor:
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
-    return torch.from_numpy(_read(name)).permute(2, 0, 1).float().div(255.0)  # (H,W,3)->(3,H,W)
+    return from_array(_read(name), f"skimage:{name}")  # the examples' one careful reader
 
 
 def load_images(names: Sequence[str]) -> list[Tensor]:

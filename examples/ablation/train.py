@@ -23,6 +23,26 @@ from tqdm import tqdm
 from .data import TRAIN_IMAGES, RandomCrops, load_images
 
 VARIANTS = ("unpatched", "patched")
+MARKER = ".winattn-ablation"  # the marker file of a run folder this tool made
+_RUN_FILES = {"state.pt", "state.tmp", "train.json", "ablation.json", "rd.png", "weights"}
+_CURVES = {f"{label}.json" for label in ("unpatched", "patched", "jpeg", "webp")}
+
+
+def is_run_file(path: Path) -> bool:
+    """Whether `path`, an entry of a run folder, is one that `train`/`evaluate` write."""
+    if path.name == "weights":
+        return path.is_dir() and all(p.suffix == ".pt" for p in path.iterdir())
+    return path.name in _RUN_FILES | _CURVES and path.is_file()
+
+
+def check_arch(arch: str) -> None:
+    """Raises ValueError, listing CompressAI's zoo, for an architecture it does not have."""
+    from compressai.zoo import image_models
+
+    if arch not in image_models:
+        raise ValueError(
+            f"unknown arch={arch!r}; choose one of CompressAI's zoo: {sorted(image_models)}."
+        )
 
 
 @dataclass(frozen=True)
@@ -53,10 +73,7 @@ def build_model(config: TrainConfig, variant: str) -> nn.Module:
 
     from winattn import patch_model
 
-    if config.arch not in image_models:
-        raise ValueError(
-            f"unknown arch={config.arch!r}; choose one of CompressAI's zoo: {sorted(image_models)}."
-        )
+    check_arch(config.arch)
     torch.manual_seed(config.seed)
     model = image_models[config.arch](quality=1, pretrained=False)
     model = type(model)(N=config.N, M=config.M)  # the zoo class at the requested width

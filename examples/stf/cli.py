@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Command-line conventions shared by the STF scripts: help that shows the defaults, and
-outputs that are never overwritten without `--force`.
+"""Command-line conventions shared by the example scripts: help that shows the defaults,
+outputs that are never overwritten without `--force`, and output folders that one run at a
+time writes into.
 
 Example:
     >>> import argparse
@@ -14,8 +15,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from winattn.pretrained.images import check_output
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -28,18 +35,117 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def refuse_existing(paths: Iterable[str | Path | None], force: bool) -> None:
-    """Checks, before any work starts, that no output would replace an existing file.
+def refuse_existing(
+    paths: Iterable[str | Path | None], force: bool, inputs: Iterable[str | Path | None] = ()
+) -> None:
+    """Checks, before any work starts, that no output would replace an input or (without
+    `force`) an existing file; `winattn.pretrained.images.check_output` for each output.
 
     Args:
-        paths: the output files (None entries are skipped).
-        force: when True, existing files may be overwritten and nothing is checked.
+        paths: the output files (None entries are skipped); missing folders are created later.
+        force: when True, existing files other than the inputs may be overwritten.
+        inputs: the files the command reads.
 
     Raises:
         FileExistsError: naming the first existing output and the fix.
+        ValueError: an output is one of the inputs.
     """
-    if force:
-        return
+    inputs = list(inputs)
     for path in paths:
-        if path is not None and Path(path).exists():
-            raise FileExistsError(f"{str(path)!r} already exists; pass --force to overwrite it.")
+        if path is not None:
+            check_output(path, force=force, inputs=inputs, folder_must_exist=False)
+
+
+LOCK_NAME = ".winattn.lock"
+
+
+class FolderInUseError(OSError):
+    """Another process holds the run lock of an output folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, option: str) -> Iterator[Path]:
+    """Holds an exclusive OS lock (`flock`) on `folder` while a run writes into it.
+
+    The lock file `.winattn.lock` records the owner's PID. The kernel releases the lock when
+    the process ends, however it ends (a crash or `kill -9` included), so no stale lock is
+    ever left to clean up.
+
+    Args:
+        folder: the output folder (created if missing).
+        option: the command-line option that named it, for the message (`--save-dir`).
+
+    Raises:
+        FolderInUseError: another process holds the lock; the message names the folder and
+            the owner's PID.
+        NotADirectoryError: `folder` is an existing file.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {str(folder)!r} is a file, not a folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FolderInUseError(
+            f"{option} {str(folder)!r} is in use by another run (PID {owner}); wait for it to "
+            f"end, or pass another {option}."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def claim_run_folder(
+    folder: str | Path, marker: str, own: Callable[[Path], bool], *, force: bool, option: str
+) -> None:
+    """Prepares the output folder of a tool that writes several files and may start over.
+
+    The tool's folders carry a marker file of its own. `force` deletes what the tool wrote
+    (the entries `own` accepts) and nothing else: a folder without the marker, or holding any
+    entry `own` refuses, is refused with the names of those entries. Without `force` nothing
+    is deleted, and the tool resumes or refuses by what its own files say.
+
+    Args:
+        folder: the output folder (created, with the marker, if missing or empty).
+        marker: the name of the tool's marker file.
+        own: whether an entry of the folder is one the tool writes.
+        force: delete the tool's earlier files, so the run starts over.
+        option: the command-line option that named the folder, for the messages.
+
+    Raises:
+        NotADirectoryError: `folder` is an existing file.
+        FileExistsError: with `force`, the folder has no marker or holds entries the tool did
+            not write; nothing is deleted.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"{option} {str(folder)!r} is a file, not a folder; pass a folder path."
+        )
+    ours = (marker, LOCK_NAME)
+    entries = sorted(p for p in folder.iterdir() if p.name not in ours) if folder.is_dir() else []
+    foreign = [p.name for p in entries if not own(p)]
+    if force and foreign:
+        raise FileExistsError(
+            f"{option} {str(folder)!r} holds files this tool did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); nothing was "
+            f"deleted. Pass another {option}, or move those files away."
+        )
+    if force and entries and not (folder / marker).exists():
+        raise FileExistsError(
+            f"{option} {str(folder)!r} has no {marker} marker, so it is not a folder this tool "
+            f"made; --force only replaces the tool's own folders. Nothing was deleted; pass "
+            f"another {option}."
+        )
+    if force:
+        for path in entries:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / marker).touch()

@@ -56,7 +56,7 @@ from torch import nn  # noqa: E402
 
 from . import zoo  # noqa: E402
 from .atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from .cli import HelpFormatter  # noqa: E402
+from .cli import HelpFormatter, refuse_existing  # noqa: E402
 from .data import image_format_for, read_image, to_uint8, write_image  # noqa: E402
 
 MAGIC = b"\x89WAC"
@@ -369,8 +369,7 @@ def run(args: argparse.Namespace) -> str:
         return (f"{args.input}: model={stream.model} quality={stream.quality} "
                 f"metric={stream.metric} size={stream.width}x{stream.height} "
                 f"payload={sizes} bytes fingerprint={stream.fingerprint:08x}")
-    if args.output.exists() and not args.force:
-        raise FileExistsError(f"{str(args.output)!r} already exists; pass --force to overwrite it.")
+    refuse_existing([args.output], args.force, inputs=[args.input, args.checkpoint])
     if args.command == "encode":
         x = read_image(args.input)  # (3, H, W)
         model, info = zoo.load_model(args.checkpoint, args.model, args.quality, args.device)

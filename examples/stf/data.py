@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Image folders, crops and flips for the STF training and evaluation scripts.
 
-Images are read with Pillow and turned into float tensors in `[0, 1]` without torchvision, so
-the scripts need nothing beyond the `examples` extra of the package.
+Images are read with `winattn.pretrained.images.read_image` (Pillow, no torchvision), which
+converts 16-bit, alpha, palette, 1-bit, CMYK and EXIF-rotated images explicitly, with a warning
+wherever the data changes; every script of the examples reads images through it.
 
 Example:
     >>> from winattn_examples.stf.data import ImageFolder, SMOKE_DIR
@@ -13,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+# The one careful image reader (16-bit, alpha, EXIF orientation, masks, ...), shared with the
+# `python -m winattn.pretrained` demo.
+from winattn.pretrained.images import image_format_for, read_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SMOKE_DIR = Path(__file__).resolve().parent / "assets" / "smoke"
@@ -41,87 +45,6 @@ def find_images(root: str | Path) -> list[Path]:
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}."
         )
     return files
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """Reads an image as RGB, converting other layouts explicitly.
-
-    8-bit RGB and greyscale images are read as they are (grey is repeated on the three
-    channels). Images that cannot be represented exactly are converted with a warning, never
-    silently: 16-bit images are scaled from `[0, 65535]` to `[0, 1]` at full precision (the
-    codecs and metrics work on 8-bit images, so their outputs keep 8 bits of it), and an alpha
-    channel that is not fully opaque is dropped (the codecs code RGB only). Images with other
-    sample types (32-bit integer or float) are refused.
-
-    Returns:
-        x: (3, H, W) float32 in [0, 1].
-
-    Raises:
-        ValueError: for a sample type that has no faithful RGB reading.
-    """
-    from PIL import Image
-
-    with Image.open(path) as img:
-        raw_modes = {tile.args for tile in img.tile if isinstance(tile.args, str)}  # before load
-        img.load()
-        return _to_rgb(img, str(path), raw_modes)
-
-
-def _to_rgb(img, name: str, raw_modes: set[str]) -> torch.Tensor:
-    """(3, H, W) float32 in [0, 1] from a loaded Pillow image (see `read_image`)."""
-    mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        array = np.asarray(img).astype(np.float64)  # (H, W)
-        if mode == "I" and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(
-                f"{name!r} holds 32-bit integer samples (range {array.min():.0f}..{array.max():.0f}); "
-                "convert it to an 8- or 16-bit image first."
-            )
-        warnings.warn(
-            f"{name!r} is a 16-bit greyscale image; it is scaled to [0, 1] from 16 bits, and the "
-            "codec's output is 8-bit.",
-            stacklevel=3,
-        )
-        grey = torch.from_numpy(array / 65535.0).float()  # (H, W)
-        return grey.expand(3, *grey.shape).contiguous()  # (3, H, W)
-    if mode == "F" or mode.startswith(("I;32", "F;")):
-        raise ValueError(
-            f"{name!r} holds floating-point or 32-bit samples (Pillow mode {mode!r}); convert it "
-            "to an 8- or 16-bit image first."
-        )
-    if any(";16" in raw for raw in raw_modes):
-        warnings.warn(
-            f"{name!r} has 16 bits per channel; Pillow reads it as 8-bit {mode}, and the codec "
-            "works on 8-bit images.",
-            stacklevel=3,
-        )
-    if "A" in mode or (mode == "P" and "transparency" in img.info):
-        alpha = np.asarray(img.convert("RGBA"))[..., 3]  # (H, W)
-        if alpha.min() < 255:
-            warnings.warn(
-                f"{name!r} has transparent pixels (alpha channel); the alpha channel is dropped "
-                "and those pixels keep their colour values, since the codec codes RGB only.",
-                stacklevel=3,
-            )
-    array = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
-
-
-def image_format_for(path: str | Path) -> str:
-    """Pillow's format name for the suffix of `path` ("PNG" for `.png`).
-
-    Raises:
-        ValueError: if Pillow cannot write files with that suffix.
-    """
-    from PIL import Image
-
-    suffix = Path(path).suffix.lower()
-    image_format = Image.registered_extensions().get(suffix)
-    if image_format is None or image_format not in Image.SAVE:
-        raise ValueError(
-            f"cannot write images with suffix {suffix!r} (output {str(path)!r}); use .png."
-        )
-    return image_format
 
 
 def write_image(x: torch.Tensor, path: str | Path, image_format: str | None = None) -> None:

@@ -260,7 +260,8 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        refuse_existing([args.output, args.plot], args.force)  # before a long run, not after
+        refuse_existing([args.output, args.plot], args.force,  # before a long run, not after
+                        inputs=[*args.checkpoint, *args.compare])
         curves = [load_curve(path) for path in args.compare]
         if args.checkpoint:
             document = evaluate(args)

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        refuse_existing([args.output], args.force)
+        refuse_existing([args.output], args.force, inputs=[args.checkpoint])
         model, info = zoo.load_model(args.checkpoint, quality=args.quality)
         if args.metric is not None:
             info.metric = args.metric

@@ -28,6 +28,8 @@ import random
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from . import zoo  # noqa: E402
-from .cli import HelpFormatter  # noqa: E402
+from .cli import FolderInUseError, HelpFormatter, folder_lock  # noqa: E402
 from .data import (  # noqa: E402
     MIN_MS_SSIM_SIDE,
     SMOKE_DIR,
@@ -221,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.num_workers = default_workers()
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after must be at least 1 step, got {args.stop_after}.")
+    for key in ("iterations", "batch_size", "val_batch_size", "patch_size", "val_every",
+                "save_every"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}.")
     if args.lr_drop is None:
         args.lr_drop = int(0.9 * args.iterations)
     if args.lmbda is None:
@@ -500,6 +506,7 @@ def check_resumable(checkpoint: dict, args: argparse.Namespace, info: zoo.ModelI
             f"--resume {args.resume} lacks {', '.join(missing)}: it holds weights only (an "
             "export?); resume from the checkpoint.pth.tar a run saved."
         )
+    check_fields(checkpoint, args.resume)
     saved, current = checkpoint.get("args") or {}, plain_args(args)
     changed = [k for k in SCHEDULE_KEYS
                if k in saved and not _same_setting(k, saved[k], current[k])]
@@ -512,6 +519,28 @@ def check_resumable(checkpoint: dict, args: argparse.Namespace, info: zoo.ModelI
             + "; resume with the same settings to continue the run exactly, or pass "
             "--allow-schedule-change to continue with the new ones."
         )
+
+
+# The type of every entry a resumed run reads from its checkpoint.
+CHECKPOINT_FIELDS = {"step": int, "best_loss": (int, float), "state_dict": dict,
+                     "optimizer": dict, "aux_optimizer": dict, "rng_states": (list, type(None)),
+                     "args": (dict, type(None))}
+
+
+def check_fields(checkpoint: dict, path: Path) -> None:
+    """Refuses entries of the wrong type (a hand-edited checkpoint), naming the first one."""
+    for key, kind in CHECKPOINT_FIELDS.items():
+        value = checkpoint.get(key)
+        if key in checkpoint and (not isinstance(value, kind) or isinstance(value, bool)):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(
+                k.__name__ for k in kind)
+            raise ValueError(
+                f"--resume {path}: entry {key!r} holds {type(value).__name__} {value!r:.60}, "
+                f"not {expected}; the file was edited or damaged. Resume from an intact "
+                "checkpoint."
+            )
+    if checkpoint["step"] < 0:
+        raise ValueError(f"--resume {path}: entry 'step' is {checkpoint['step']}, below 0.")
 
 
 def remove_stale_temporaries(save_dir: Path) -> list[Path]:
@@ -596,11 +625,42 @@ def _leave_signals_to_main(worker_id: int) -> None:
     threading.Thread(target=wait, name="sigterm-from-main", daemon=True).start()
 
 
+@contextmanager
+def save_dir_lock(args: argparse.Namespace, runtime: Runtime) -> Iterator[None]:
+    """Holds the run lock of `--save-dir` for the whole run (see `cli.folder_lock`).
+
+    Process 0 writes every checkpoint, so it alone takes the lock; when it cannot, every
+    process stops with the same error (a collective call when distributed).
+    """
+    with ExitStack() as stack:
+        error = None
+        if runtime.is_main:
+            try:
+                stack.enter_context(folder_lock(args.save_dir, "--save-dir"))
+            except OSError as err:
+                error = err
+        if any_process(error is not None, runtime):
+            raise error or FolderInUseError(
+                f"--save-dir {str(args.save_dir)!r}: process 0 could not take the run lock."
+            )
+        yield
+
+
+def any_process(flag: bool, runtime: Runtime) -> bool:
+    """Whether `flag` is True on any process (a collective call when distributed)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     runtime = args.runtime = setup_runtime(args.device)
     try:
-        run(args, runtime)
+        with save_dir_lock(args, runtime):
+            run(args, runtime)
     except (OSError, ValueError, FloatingPointError) as err:  # a message, not a traceback
         print(f"train.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -657,12 +717,21 @@ def run(args: argparse.Namespace, runtime: Runtime) -> None:
         nonlocal saved_step
         check_replicas_in_sync(model, runtime)  # rank 0 saves for all of them
         states = gather_rng_states(runtime)
+        error = None
         if runtime.is_main:
-            zoo.save_checkpoint(
-                args.save_dir / name, model, info, step=step, best_loss=best_loss,
-                optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
-                rng_states=states, args=plain_args(args),
-            )
+            try:
+                zoo.save_checkpoint(
+                    args.save_dir / name, model, info, step=step, best_loss=best_loss,
+                    optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
+                    rng_states=states, args=plain_args(args),
+                )
+            except OSError as err:  # a full disk: the previous checkpoint is intact
+                error = err
+                if saved_step is not None and checkpoint_path.exists():
+                    error = OSError(f"{err} {checkpoint_path} holds step {saved_step}; "
+                                    "--resume from it.")
+        if any_process(error is not None, runtime):  # every process stops, none waits
+            raise error or OSError(f"process 0 could not save {args.save_dir / name}.")
         if name == checkpoint_path.name:
             saved_step = step
 

@@ -16,9 +16,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import inspect
 import pickle
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ LAMBDAS = {
 
 CHECKPOINT_FORMAT = "winattn-stf-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKSUM_KEY = "sha256"  # of every other entry of a checkpoint (see `content_digest`)
 
 
 @dataclasses.dataclass
@@ -114,8 +117,65 @@ def lambda_for(metric: str, quality: int) -> float:
     return LAMBDAS[metric][quality - 1]
 
 
+def content_digest(value: Any) -> str:
+    """The sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes, and every
+    other value's type and `repr`, in the order of the (nested) dicts and lists.
+
+    It does not depend on where the tensors were loaded (`map_location`) or on the archive
+    layout, so a file read back gives the digest of what was saved, unless it changed.
+    """
+    digest = hashlib.sha256()
+
+    def add(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            t = item.detach().cpu().contiguous()
+            digest.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(item, dict):
+            digest.update(f"D{len(item)};".encode())
+            for key, entry in item.items():
+                add(key)
+                add(entry)
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"{'L' if isinstance(item, list) else 'U'}{len(item)};".encode())
+            for entry in item:
+                add(entry)
+        else:
+            digest.update(f"{type(item).__name__}:{item!r};".encode())
+
+    add(value)
+    return digest.hexdigest()
+
+
+def _save(path: str | Path, payload: dict, overwrite: bool = True) -> None:
+    """Atomically `torch.save`s `payload` with its `content_digest` under `CHECKSUM_KEY`.
+
+    Raises:
+        OSError: the file could not be written (a full disk); the message says that an earlier
+            file at `path` is intact, as `atomic_write` leaves it untouched.
+        FileExistsError: if `path` exists and `overwrite` is False.
+    """
+    payload = {**payload, CHECKSUM_KEY: content_digest(payload)}
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+    except FileExistsError:
+        raise
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        earlier = (f"the previous {Path(path).name} is intact" if Path(path).exists()
+                   else "no file was written")
+        raise OSError(
+            f"could not save {str(path)!r} ({type(err).__name__}: {str(err).strip()[:200]}); "
+            f"{earlier}. Free disk space (or fix the folder), then run again."
+        ) from err
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, **state: Any) -> None:
-    """Atomically saves `model`'s weights, its `info` and any extra training `state`."""
+    """Atomically saves `model`'s weights, its `info` and any extra training `state`, with
+    the sha256 of all of it (`content_digest`), which `read_checkpoint` verifies.
+
+    Raises:
+        OSError: the file could not be written; an earlier checkpoint at `path` is intact.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -123,7 +183,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: ModelInfo, **state
         "state_dict": model.state_dict(),
         **state,
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    _save(path, payload)
 
 
 def read_checkpoint(
@@ -168,7 +228,35 @@ def read_checkpoint(
         ) from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a dict.")
+    verify_checksum(checkpoint, path)
     return checkpoint
+
+
+def verify_checksum(checkpoint: dict, path: str | Path) -> None:
+    """Checks the sha256 that `save_checkpoint` stored against the contents read back.
+
+    A checkpoint of these scripts written before checksums existed loads with a warning;
+    files of other code (the official checkpoints) are not checked.
+
+    Raises:
+        ValueError: the contents differ from what was saved (a damaged copy, or a hand edit).
+    """
+    recorded = checkpoint.pop(CHECKSUM_KEY, None)
+    if recorded is None:
+        if is_training_checkpoint(checkpoint):
+            warnings.warn(
+                f"checkpoint {str(path)!r} has no checksum (written before checksums were "
+                "recorded); its contents cannot be verified.",
+                stacklevel=3,
+            )
+        return
+    actual = content_digest(checkpoint)
+    if actual != recorded:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is damaged or was edited: its contents do not match the "
+            f"sha256 recorded when it was saved ({str(recorded)[:16]}... recorded, "
+            f"{actual[:16]}... now). Use an intact copy or an earlier checkpoint."
+        )
 
 
 def _describe_start(path: Path) -> str:
@@ -211,7 +299,7 @@ def save_weights(
         "state_dict": weights,
         "weights_dtype": str(dtype).removeprefix("torch."),
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+    _save(path, payload, overwrite=overwrite)
 
 
 def is_training_checkpoint(checkpoint: dict) -> bool:

@@ -96,3 +96,73 @@ def test_command_line_rejects_a_bad_value_with_the_fix(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r"), "--steps", "0"]) == 2
     assert "--steps=0 must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_force_with_an_unknown_arch_deletes_nothing(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    assert main(["train", "--out", str(out), "--force", "--arch", "nope-arch"]) == 2
+    assert "unknown arch='nope-arch'" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_force_refuses_a_folder_without_the_tools_marker(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "state.pt").write_bytes(b"not ours")
+    assert main(["train", "--out", str(out), "--force", "--steps", "1"]) == 2
+    assert "has no .winattn-ablation marker" in capsys.readouterr().err
+    assert (out / "state.pt").read_bytes() == b"not ours"
+
+
+def test_force_refuses_a_run_folder_that_holds_foreign_files(tmp_path, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".winattn-ablation").touch()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(out), "--force", "--steps", "1"]) == 2
+    assert "holds files this tool did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_force_with_an_existing_file_as_out_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "f"
+    out.write_text("keep")
+    assert main(["train", "--out", str(out), "--force", "--steps", "1"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "keep"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-0.01", "0"])
+def test_a_non_finite_or_non_positive_lambda_is_refused_up_front(tmp_path, capsys, value):
+    assert main(["train", "--out", str(tmp_path / "r"), "--lmbdas", "0.01", value]) == 2
+    assert "--lmbdas=" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_force_starts_over_in_a_folder_the_tool_made(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", "--out", str(out), "-N", "8", "-M", "8", "--lmbdas", "0.01",
+            "--steps", "1", "--crop", "64", "--batch-size", "1", "--no-progress"]
+    assert main(argv) == 0
+    assert (out / ".winattn-ablation").exists()
+    assert main([*argv, "--force"]) == 0
+    assert json.loads((out / "train.json").read_text())["steps"] == 1
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_with_the_owner(tmp_path, capsys):
+    from examples.stf.cli import folder_lock
+
+    out = tmp_path / "r"
+    with folder_lock(out, "--out"):
+        assert main(["train", "--out", str(out), "--steps", "1"]) == 2
+    assert "is in use by another run (PID" in capsys.readouterr().err
+
+
+def test_force_into_a_new_folder_trains(tmp_path):
+    out = tmp_path / "new"
+    argv = ["train", "--out", str(out), "-N", "8", "-M", "8", "--lmbdas", "0.01",
+            "--steps", "1", "--crop", "64", "--batch-size", "1", "--no-progress", "--force"]
+    assert main(argv) == 0
+    assert (out / "train.json").exists()

@@ -62,11 +62,13 @@ def test_non_string_keys_are_refused():
 
 
 def _edited_checkpoint(path, edit) -> None:
-    """A tiny training checkpoint at `path`, changed by `edit(checkpoint_dict)`."""
+    """A tiny training checkpoint at `path`, changed by `edit(checkpoint_dict)`, with the
+    checksum of the changed contents (as if the scripts had written it so)."""
     save_tiny_checkpoint(path)
     checkpoint = torch.load(path, weights_only=True)
+    del checkpoint[zoo.CHECKSUM_KEY]
     edit(checkpoint)
-    torch.save(checkpoint, path)
+    torch.save({**checkpoint, zoo.CHECKSUM_KEY: zoo.content_digest(checkpoint)}, path)
 
 
 def test_training_checkpoint_without_weights_is_refused(tmp_path):

@@ -211,3 +211,11 @@ def test_decode_with_a_checkpoint_of_the_other_model_names_both(files, capsys):
                        "--checkpoint", str(other)])
     message = capsys.readouterr().err
     assert (code, "'cnn'" in message and "'stf'" in message, output.exists()) == (1, True, False)
+
+
+def test_encode_never_writes_onto_its_input_image_even_with_force(files, capsys):
+    before = files["image"].read_bytes()
+    assert codec.main(["encode", str(files["image"]), "-o", str(files["image"]), "--force",
+                       "--checkpoint", str(files["checkpoint"])]) == 1
+    assert "is the input" in capsys.readouterr().err
+    assert files["image"].read_bytes() == before

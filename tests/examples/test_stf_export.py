@@ -39,3 +39,11 @@ def test_export_does_not_overwrite_without_force(checkpoint, tmp_path, capsys):
     out.write_bytes(b"keep")
     assert export.main([str(checkpoint), "-o", str(out)]) == 1
     assert "--force" in capsys.readouterr().err and out.read_bytes() == b"keep"
+
+
+def test_export_never_writes_onto_its_input_checkpoint_even_with_force(tmp_path, capsys):
+    source = save_tiny_checkpoint(tmp_path / "run.pth.tar")
+    before = source.read_bytes()
+    assert export.main([str(source), "-o", str(source), "--force"]) == 1
+    assert "is the input" in capsys.readouterr().err
+    assert source.read_bytes() == before

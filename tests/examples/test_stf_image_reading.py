@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from examples.stf.data import read_image
+from winattn.pretrained.images import read_source
 
 
 def _write_png_rgb16(path, array: np.ndarray) -> None:
@@ -30,7 +31,7 @@ def _write_png_rgb16(path, array: np.ndarray) -> None:
 def test_16_bit_grey_ramp_keeps_its_levels_with_a_warning(tmp_path):
     ramp = (np.arange(60, dtype=np.uint16) * 1111).reshape(6, 10)
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
-    with pytest.warns(UserWarning, match="16-bit greyscale"):
+    with pytest.warns(UserWarning, match="16-bit image; it is scaled"):
         x = read_image(tmp_path / "ramp.png")
     assert x.shape == (3, 6, 10)
     assert (x[0] * 65535).round().unique().numel() == 60
@@ -63,3 +64,63 @@ def test_float_samples_are_refused_naming_the_mode(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tiff")
     with pytest.raises(ValueError, match="floating-point or 32-bit samples .* 'F'"):
         read_image(tmp_path / "float.tiff")
+
+
+def test_a_1_bit_image_is_read_as_0_and_255_with_a_warning(tmp_path):
+    Image.fromarray(np.eye(4, dtype=bool)).save(tmp_path / "mask.png")
+    with pytest.warns(UserWarning, match="1-bit"):
+        x = read_image(tmp_path / "mask.png")
+    assert sorted(x.unique().tolist()) == [0.0, 1.0]
+
+
+def test_cmyk_is_converted_to_rgb_with_a_warning(tmp_path):
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    with pytest.warns(UserWarning, match="CMYK image; it is converted to RGB"):
+        x = read_image(tmp_path / "cmyk.jpg")
+    assert x.shape == (3, 4, 4)
+
+
+def test_palette_and_grey_images_are_read_without_a_warning(tmp_path):
+    Image.new("P", (4, 4), 3).save(tmp_path / "palette.png")
+    Image.new("L", (4, 4), 77).save(tmp_path / "grey.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "palette.png").shape == (3, 4, 4)
+        grey = read_image(tmp_path / "grey.png")
+    assert float(grey.max()) == float(grey.min()) == pytest.approx(77 / 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
+    Image.new("RGB", (6, 4)).save(tmp_path / "turned.jpg", exif=exif)
+    assert read_image(tmp_path / "turned.jpg").shape == (3, 6, 4)
+
+
+def test_a_text_file_is_refused_naming_it(tmp_path):
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(ValueError, match="notes.png.*is not an image Pillow can read"):
+        read_image(tmp_path / "notes.png")
+
+
+def test_a_boolean_array_from_scikit_image_is_read_as_0_and_255_with_a_warning():
+    pytest.importorskip("skimage")
+    with pytest.warns(UserWarning, match="boolean image"):
+        x = read_source("skimage:horse")
+    assert sorted(x.unique().tolist()) == [0.0, 1.0]
+
+
+def test_an_unknown_scikit_image_name_is_refused():
+    pytest.importorskip("skimage")
+    with pytest.raises(ValueError, match="scikit-image has no image 'nope'"):
+        read_source("skimage:nope")
+
+
+def test_ablation_photographs_go_through_the_same_reader(monkeypatch):
+    pytest.importorskip("skimage")
+    from examples.ablation import data
+
+    seen = []
+    monkeypatch.setattr(data, "from_array", lambda array, name: seen.append(name) or array)
+    data.load_image("camera")
+    assert seen == ["skimage:camera"]

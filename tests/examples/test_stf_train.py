@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 from examples.stf import train, zoo
+from examples.stf.cli import folder_lock
 from examples.stf.data import SMOKE_DIR, ImageFolder, center_crop, random_crop_flip
 from tests.examples.stf_helpers import SCRIPTS, run_script
 
@@ -71,6 +73,29 @@ def test_new_run_refuses_to_overwrite_existing_checkpoints(smoke_dir, capsys):
     assert (smoke_dir / "checkpoint.pth.tar").read_bytes() == before
 
 
+def test_a_second_run_into_a_save_dir_in_use_is_refused_with_the_owner_pid(tmp_path, capsys):
+    with folder_lock(tmp_path, "--save-dir"), pytest.raises(SystemExit) as stopped:
+        train.main(["--smoke", "--no-progress", "--save-dir", str(tmp_path)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--save-dir '{tmp_path}' is in use by another run (PID {os.getpid()})" in err
+    assert not list(tmp_path.glob("checkpoint*"))
+
+
+def test_the_save_dir_lock_is_released_when_the_run_ends(tmp_path):
+    train.main(["--smoke", "--iterations", "1", "--no-progress", "--save-dir", str(tmp_path)])
+    with folder_lock(tmp_path, "--save-dir"):
+        pass
+
+
+@pytest.mark.parametrize("option", ["--val-every", "--save-every"])
+def test_a_zero_interval_is_refused_up_front(tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--smoke", "--no-progress", "--save-dir", str(tmp_path), option, "0"])
+    assert stopped.value.code == 2
+    assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_two_process_gloo_ddp_smoke_run_saves_one_checkpoint_set(tmp_path):
     result = run_script(
         "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -81,7 +106,9 @@ def test_two_process_gloo_ddp_smoke_run_saves_one_checkpoint_set(tmp_path):
     assert result.returncode == 0, result.stderr
     checkpoint = zoo.read_checkpoint(tmp_path / "checkpoint.pth.tar")
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert (checkpoint["step"], files) == (2, ["checkpoint.pth.tar", "checkpoint_best.pth.tar"])
+    assert (checkpoint["step"], files) == (
+        2, [".winattn.lock", "checkpoint.pth.tar", "checkpoint_best.pth.tar"]
+    )
 
 
 def test_learning_rate_drops_tenfold_at_lr_drop():

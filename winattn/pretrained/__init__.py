@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -47,6 +48,11 @@ def available() -> list[str]:
 
 
 def _check_name(name: str) -> Path:
+    if not isinstance(name, str):
+        raise ValueError(
+            f"name must be the str name of a shipped model, one of {available()}; got "
+            f"{type(name).__name__} {name!r:.80}."
+        )
     folder = _ROOT / name
     if not (folder / "card.json").is_file():
         raise ValueError(f"unknown pretrained model name={name!r}; choose one of {available()}.")
@@ -64,6 +70,7 @@ def card(name: str) -> dict:
     Raises:
         ValueError: an unknown name (the message lists the shipped ones).
     """
+    _check_name(name)  # before the cache, which needs a hashable name
     return json.loads(json.dumps(_card(name)))  # a copy the caller may change
 
 
@@ -79,7 +86,8 @@ def load(name: str, quality: int = 1, *, device: str | torch.device = "cpu") -> 
         The CompressAI model (patched with window attention), fp32, weights loaded strictly.
 
     Raises:
-        ValueError: an unknown name or quality (the message lists the valid ones).
+        ValueError: an unknown name or quality (the message lists the valid ones), or weights
+            that are not a state dict of names to tensors fitting the model.
         ImportError: CompressAI is not installed.
     """
     return load_folder(_check_name(name), quality, device=device)
@@ -93,6 +101,8 @@ def load_folder(
     This is how a model exported by `python -m examples.ablation export --dest DIR` is loaded
     before it ships.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ValueError(f"folder must be a path; got {type(folder).__name__} {folder!r:.80}.")
     folder = Path(folder)
     if not (folder / "card.json").is_file():
         raise ValueError(f"folder={str(folder)!r} has no card.json; export a model there first.")
@@ -113,12 +123,33 @@ def load_folder(
     arch = info["architecture"]
     model = type(image_models[arch["zoo_name"]](quality=1))(N=arch["N"], M=arch["M"])
     patch_model(model, **arch.get("patch_model", {}))
-    path = folder / info["qualities"][str(quality)]["weights"]
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_weights(folder / info["qualities"][str(quality)]["weights"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped entries
+        raise ValueError(f"the weights of {info['name']} quality {quality} do not fit: {err}") from err
     model.update(force=True)  # entropy coder tables from the stored (fp16-exact) parameters
     return model.to(device).eval()
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """A state dict file: names (str) to tensors, or a ValueError naming the file and the fault."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for missing, foreign or damaged files
+        raise ValueError(f"cannot read weights {str(path)!r}: {type(err).__name__}: {err}") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"weights {str(path)!r} hold a {type(state).__name__}, not a state dict.")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        key = bad[0]
+        raise ValueError(
+            f"weights {str(path)!r} are not a state dict of parameter names to tensors: entry "
+            f"{key!r} ({type(key).__name__} key, {type(state[key]).__name__} value); "
+            f"{len(bad)} such entries."
+        )
+    return state
 
 
 @dataclass(frozen=True)
