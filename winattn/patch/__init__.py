@@ -194,7 +194,7 @@ def _patch(model: nn.Module, mode: str, opts: Options) -> nn.Module:
     if do_swap:
         left = plan_swap(plan, model, opts)
     if mode == "auto" and not plan and left and (foreign or not attention_blocks):
-        raise ValueError(_foreign_only(model, foreign + left))
+        raise ValueError(_foreign_only(model, left + foreign))  # the refused hosts and why, first
     if do_replace:
         plan_replace(plan, model, transforms, opts)
     if do_insert:
