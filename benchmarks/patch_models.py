@@ -14,8 +14,9 @@ Runs in the environment with CompressAI's development line (`.ci/compressai_dev.
   `torch.autocast` in bf16, unpatched and patched interleaved.
 
 `--models charm-like` times a SwinT-ChARM-like model whose Swin blocks are classes of its own
-(`benchmarks/swin_hosts.py`, swapped by structure); it needs no CompressAI, so it also runs in
-the main environment.
+(`benchmarks/swin_hosts.py`, swapped by structure), and `--models swin_v2_t` torchvision's
+Swin-V2 classifier (the whole forward, `--what forward`); neither needs CompressAI, so they also
+run in the main environment.
 
 Usage (from the repository root):
 
@@ -23,6 +24,7 @@ Usage (from the repository root):
     .venv-dev/bin/python benchmarks/patch_models.py --device cuda        # GPU model section
     .venv-dev/bin/python benchmarks/patch_models.py --section model --quick   # CPU smoke test
     PYTHONPATH=. python benchmarks/patch_models.py --models charm-like --what g_a g_s
+    PYTHONPATH=. python benchmarks/patch_models.py --models swin_v2_t --what forward --sizes 256x256
 """
 
 from __future__ import annotations
@@ -62,10 +64,14 @@ MODELS = {
     "dcae": "compressai.models.dcae:DCAE",
     # Swin blocks of their own classes, built for one image size (`benchmarks/swin_hosts.py`)
     "charm-like": "swin_hosts:SwinTCharmLike",
+    # Swin-V2 classifiers (random weights, no download): the whole forward is timed
+    "swin_v2_t": "torchvision.models:swin_v2_t",
 }
+#: Models that are not codecs: only their whole forward (`forward`) is timed.
+WHOLE = {"swin_v2_t"}
 #: Models built for one image size (their blocks hold a fixed `input_resolution`).
 SIZED = {"charm-like"}
-TRANSFORMS = ("g_a", "g_s", "h_a", "h_s", "latent_codec")
+TRANSFORMS = ("g_a", "g_s", "h_a", "h_s", "latent_codec", "forward")
 
 
 def build(name: str, seed: int = 0, size: tuple[int, int] | None = None) -> nn.Module:
@@ -78,7 +84,10 @@ def build(name: str, seed: int = 0, size: tuple[int, int] | None = None) -> nn.M
 
 def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Any]]:
     """g_a, g_s, h_a, h_s and the entropy model (`latent_codec`, on the latent) of a
-    development-zoo codec as functions of one tensor."""
+    development-zoo codec as functions of one tensor; `forward` alone for a model that is not
+    a codec."""
+    if not hasattr(model, "latent_codec"):
+        return {"forward": model}
     codec = model.latent_codec
     if hasattr(model, "_analysis_transform"):  # STF: token layout between its stages
 
@@ -96,6 +105,8 @@ def transforms(model: nn.Module) -> dict[str, Callable[[Tensor], Any]]:
 def transform_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """The input each transform sees when the codec encodes `x` (latents rounded)."""
     fns = transforms(model)
+    if "g_a" not in fns:
+        return {"forward": x}
     with torch.no_grad():
         y = fns["g_a"](x)
         z = fns["h_a"](y)
@@ -192,7 +203,7 @@ def transform_pairs(names: Sequence[str], sizes: Sequence[tuple[int, int]], devi
                 fb, fa = transforms(before), transforms(after)
             x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device)
             inputs = transform_inputs(before, x)
-            for t in what:
+            for t in [t for t in what if t in inputs]:
 
                 def run(fn: Callable[[Tensor], Any] = fb[t], inp: Tensor = inputs[t]) -> Any:
                     with torch.no_grad():
@@ -360,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine(device)
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     if section == "transforms":
-        names = args.models or [n for n in MODELS if n not in SIZED]
+        names = args.models or [n for n in MODELS if n not in SIZED | WHOLE]
         sizes = args.sizes or [(256, 256), (512, 768)]
         pairs, reports = transform_pairs(names, sizes, device, log, list(dict.fromkeys(args.what)))
         settings = {"section": section, "device": str(device), "dtype": "float32", "batch": 1, "sizes": [f"{h}x{w}" for h, w in sizes], "mode": "eval, torch.no_grad()"}
