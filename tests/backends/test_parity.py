@@ -15,7 +15,7 @@ from hypothesis import example, given
 
 from tests.interpreter import assert_passes_under_interpreter
 from tests.strategies import Problem, problems, seeded
-from winattn.backends import AttentionCall, explain, registered_backends
+from winattn.backends import AttentionCall, explain, registered_backends, sdpa
 from winattn.backends.reference import reference_window_attention
 from winattn.functional import window_attention
 from winattn.geometry import dense_bias
@@ -118,6 +118,31 @@ def test_empty_batch_gives_an_empty_output(backend, shift):
     assert out.shape == (0, 8, 8, 16)
     out.sum().backward()
     assert qkv.grad.shape == qkv.shape
+
+
+# --- half precision: logits beyond the dtype's range -----------------------------------------
+
+
+@pytest.mark.parametrize("backend", tuple(registered_backends()))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_half_precision_stays_finite_when_the_logits_overflow_the_dtype(backend, dtype, grad, monkeypatch):
+    # q and k of about 300 give logits of about 1e5, beyond float16's 65504, where SDPA, which
+    # accumulates them in float32, is finite. A tiny logits chunk sends sdpa's inference down
+    # its chunked CPU path as well.
+    _runs_here(backend, dtype)
+    monkeypatch.setattr(sdpa, "LOGITS_CHUNK_BYTES", 4096)
+    problem = Problem(2, 8, 12, 2, 16, (4, 4), (2, 2))
+    g = seeded(6)
+    qkv = problem.qkv(g)
+    qkv[..., : 2 * problem.dim] *= 300  # q and k
+    inputs = {"qkv": qkv.to(dtype), "bias_table": problem.bias_table(g).to(dtype)}
+    with torch.set_grad_enabled(grad):
+        got = _attend(problem, backend, **{k: v.requires_grad_(grad) for k, v in inputs.items()})
+    expected = _attend(problem, "reference", **_as_double(inputs))  # the same rounded inputs
+    assert torch.isfinite(got).all()
+    # the error of a float32 computation is about 1e-6; allow the rounding of the output
+    torch.testing.assert_close(got.double(), expected, atol=2 * torch.finfo(dtype).eps, rtol=torch.finfo(dtype).eps)
 
 
 # --- float64, for the backends that take it: tight tolerance over drawn problems -------------

@@ -275,6 +275,22 @@ def test_window_attention_block_conv_b_starts_with_residual_window_attention():
     assert block.attn.shift_size == (2, 2)
 
 
+def test_closed_gate_half_precision_backward_is_the_identity_and_the_gate_gets_the_branch():
+    # Inputs of about 1000 give attention logits beyond float16's range.
+    block = randomise(modules.GatedWindowAttentionBlock(32, 4, 4, 2))
+    nn.init.zeros_(block.gate)
+    x = (torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(0)) * 1000).half()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).half()
+    block.half()
+    with torch.no_grad():
+        branch = block.conv_a(x) * torch.sigmoid(block.conv_b(x))  # (1, C, H, W)
+    expected = (upstream.float() * branch.float()).sum((0, 2, 3))  # (C,), finite
+    leaf = x.clone().requires_grad_()
+    block(leaf).backward(upstream)
+    assert torch.equal(leaf.grad, upstream)
+    torch.testing.assert_close(block.gate.grad.float(), expected, atol=0.5, rtol=1e-2)
+
+
 def test_residual_unit_is_gelu_of_input_plus_bottleneck():
     unit = randomise(WindowAttentionBlock(8, 2, 4).conv_a[0]).eval()
     x = torch.randn(1, 8, 5, 5)

@@ -9,8 +9,9 @@ Step by step, as in Swin and the official STF code:
 2. roll the padded map by `(-sh, -sw)` (the cyclic shift);
 3. cut it into windows of `N = Wh * Ww` tokens and split q, k, v and the heads;
 4. logits `(q * scale) @ k^T + bias`, plus the shifted-window mask (-100 between tokens of
-   different bands, padding tokens not masked);
-5. softmax in (at least) float32, dropout, weights @ v;
+   different bands, padding tokens not masked), in (at least) float32: half-precision logits
+   overflow (float16 ends at 65504) where the attention itself is well defined;
+5. softmax in (at least) float32, dropout, weights @ v in qkv's dtype;
 6. merge the windows, roll back by `(sh, sw)`, crop to `(H, W)`.
 """
 
@@ -59,7 +60,8 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         heads=call.num_heads,
     )  # each (B*nW, heads, N, d)
 
-    logits = (q * call.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
+    acc = torch.promote_types(qkv.dtype, torch.float32)
+    logits = (q.to(acc) * call.scale) @ k.to(acc).transpose(-2, -1)  # (B*nW, heads, N, N)
     bias = call.dense_bias()
     if bias is not None:
         logits = logits + bias  # bias: (heads, N, N)
@@ -69,8 +71,7 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         logits = logits + mask[None, :, None].to(logits.dtype)
         logits = rearrange(logits, "b nw heads n m -> (b nw) heads n m")
 
-    weights = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-    weights = weights.to(qkv.dtype)
+    weights = logits.softmax(dim=-1).to(qkv.dtype)
     if call.dropout_p > 0:
         weights = F.dropout(weights, p=call.dropout_p, training=True)
     out = weights @ v  # (B*nW, heads, N, d)

@@ -257,6 +257,10 @@ def _attention_matmul(
     `benchmarks/attention.py` on 2 cores, this path is as fast as the flash kernel for windows
     of 16 to 64 tokens, and faster than the math path in training.
     """
+    if q.dtype in (torch.float16, torch.bfloat16):
+        # logits in float32, as SDPA accumulates them: in float16 they overflow (65504) where
+        # the attention itself is well defined, and bfloat16 would round them to 8 bits
+        q, k = q.float(), k.float()
     logits = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
     if mask is None:
         logits = logits * call.scale
@@ -265,8 +269,7 @@ def _attention_matmul(
         logits = torch.add(mask, per_image, alpha=call.scale).reshape(logits.shape)
     else:
         logits = torch.add(mask, logits, alpha=call.scale)
-    weights = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-    weights = weights.to(v.dtype)
+    weights = logits.softmax(-1).to(v.dtype)
     if call.dropout_p > 0:
         weights = F.dropout(weights, p=call.dropout_p, training=True)
     return weights @ v  # (windows, heads, N, d)
