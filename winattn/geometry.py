@@ -86,7 +86,7 @@ def _relative_position_index(wh: int, ww: int, device: torch.device | None) -> T
     if need > budget:
         raise ValueError(
             f"the relative position index of window_size={(wh, ww)} ({n} tokens per window) "
-            f"needs {need / 2**30:.1f} GiB, over the budget of {budget / 2**30:.1f} GiB; use a "
+            f"needs {_format_bytes(need)}, over the budget of {_format_bytes(budget)}; use a "
             f"smaller window (codecs use 4 to 16), or raise the budget with the environment "
             f"variable {MEMORY_BUDGET_VAR}."
         )
@@ -273,19 +273,41 @@ def check_shift(window: Pair, shift: Pair) -> None:
             )
 
 
+_BYTE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
 def memory_budget() -> int:
-    """The most bytes that the attention weights of one image may take, read at call time from
-    the `WINATTN_MAX_ATTENTION_BYTES` environment variable (default 2 GiB)."""
+    """The most bytes that the attention of one image may allocate, read at call time from the
+    `WINATTN_MAX_ATTENTION_BYTES` environment variable (default 2 GiB).
+
+    The variable holds a whole number of bytes, optionally followed by a binary unit:
+    `2147483648`, `512MiB`, `8 GiB` (units `B`, `KiB`, `MiB`, `GiB`, `TiB`).
+
+    Raises:
+        ValueError: naming the variable and its value, if it holds anything else.
+    """
     env = os.environ.get(MEMORY_BUDGET_VAR)
-    if not env:
+    if not env or not env.strip():
         return DEFAULT_MEMORY_BUDGET
-    try:
-        return int(float(env))
-    except ValueError:
+    text = env.strip()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    unit = text[digits:].strip()
+    if not digits or unit not in _BYTE_UNITS:
         raise ValueError(
-            f"environment variable {MEMORY_BUDGET_VAR}={env!r} is not a number of bytes; "
-            f"set it to e.g. {DEFAULT_MEMORY_BUDGET} or unset it."
-        ) from None
+            f"environment variable {MEMORY_BUDGET_VAR}={env!r} is not a number of bytes; set it "
+            f"to a whole number of bytes, optionally with a binary unit (e.g. "
+            f"{DEFAULT_MEMORY_BUDGET} or 2GiB; units {', '.join(u for u in _BYTE_UNITS if u)}), "
+            f"or unset it for the default of {_format_bytes(DEFAULT_MEMORY_BUDGET)}."
+        )
+    return int(text[:digits]) * _BYTE_UNITS[unit]
+
+
+def _format_bytes(n: int) -> str:
+    """`n` bytes in the largest binary unit that keeps a leading digit: `'1.5 KiB'`, `'3.0 GiB'`."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if n >= _BYTE_UNITS[unit]:
+            return f"{n / _BYTE_UNITS[unit]:.1f} {unit}"
+    return f"{n} B"
 
 
 def attention_bytes(
@@ -320,8 +342,8 @@ def check_memory(
         n = window_size[0] * window_size[1]
         raise ValueError(
             f"window attention with window_size={window_size} ({n} tokens per window) on a "
-            f"{size[0]}x{size[1]} map with {num_heads} heads needs {need / 2**30:.1f} GiB per "
-            f"image for its attention weights, over the budget of {budget / 2**30:.1f} GiB; use "
+            f"{size[0]}x{size[1]} map with {num_heads} heads needs {_format_bytes(need)} per "
+            f"image for its attention weights, over the budget of {_format_bytes(budget)}; use "
             f"a smaller window (codecs use 4 to 16), or raise the budget with the environment "
             f"variable {MEMORY_BUDGET_VAR}."
         )

@@ -121,3 +121,29 @@ def test_memory_guard_names_a_bad_budget(monkeypatch):
     monkeypatch.setenv(G.MEMORY_BUDGET_VAR, "lots")
     with pytest.raises(ValueError, match=r"WINATTN_MAX_ATTENTION_BYTES='lots' is not a number of bytes"):
         G.memory_budget()
+
+
+@pytest.mark.parametrize(
+    ("value", "budget"),
+    [("1024", 1024), ("512MiB", 512 << 20), ("2GiB", 2 << 30), (" 8 GiB ", 8 << 30), ("64KiB", 64 << 10), ("7B", 7), ("", G.DEFAULT_MEMORY_BUDGET)],
+)
+def test_memory_budget_accepts_bytes_with_an_optional_binary_unit(monkeypatch, value, budget):
+    monkeypatch.setenv(G.MEMORY_BUDGET_VAR, value)
+    assert G.memory_budget() == budget
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-5", "1e9", "1.5GiB", "0x10", "2GB", "GiB"])
+def test_memory_budget_rejects_anything_else_naming_the_variable_the_value_and_the_fix(monkeypatch, value):
+    monkeypatch.setenv(G.MEMORY_BUDGET_VAR, value)
+    pattern = rf"WINATTN_MAX_ATTENTION_BYTES={value!r} is not a number of bytes; set it to a whole number of bytes.*2GiB"
+    with pytest.raises(ValueError, match=pattern):
+        G.memory_budget()
+
+
+def test_memory_guard_prints_sizes_in_a_unit_that_shows_them(monkeypatch):
+    monkeypatch.setenv(G.MEMORY_BUDGET_VAR, "1000")
+    with pytest.raises(ValueError, match=r"needs 8\.0 KiB per image.*over the budget of 1000 B"):
+        G.check_memory((8, 8), (4, 4), 2, 4)
+    monkeypatch.setenv(G.MEMORY_BUDGET_VAR, "3MiB")
+    with pytest.raises(ValueError, match=r"needs 4\.0 MiB per image.*over the budget of 3\.0 MiB"):
+        G.check_memory((64, 64), (8, 8), 4, 4)
