@@ -300,6 +300,16 @@ def test_residual_unit_is_gelu_of_input_plus_bottleneck():
     assert [m.kernel_size for m in (c[0], c[2], c[4])] == [(1, 1), (3, 3), (1, 1)]
 
 
+def test_residual_unit_without_autograd_computes_the_values_it_computes_with_autograd():
+    # Without autograd recording, the unit runs its activations and its residual sum in place.
+    unit = randomise(modules.ResidualUnit(8)).eval()
+    x = torch.randn(2, 8, 5, 6)
+    expected = unit(x)  # recorded: the parameters require grad
+    with torch.no_grad():
+        got = unit(x)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 
