@@ -203,7 +203,13 @@ class AttentionCall:
                 )
         if not 0.0 <= dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p=}.")
-        check_memory(qkv.shape[1:3], window, num_heads, max(qkv.element_size(), 4))
+        check_memory(
+            qkv.shape[1:3], window, num_heads, qkv.element_size(), shifted=any(shift),
+            bias=bias_table is not None or bias is not None,
+            grad=torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in (qkv, bias_table, bias, pad_qkv)),
+            channels=c3 // 3,
+        )
         if scale is None:
             scale = default_scale(c3 // (3 * num_heads))
         return cls(qkv, num_heads, window, shift, bias_table, bias, float(scale), pad_qkv, dropout_p)
