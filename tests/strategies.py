@@ -85,6 +85,29 @@ def problems(draw: st.DrawFn, shifted: bool | None = None, max_batch: int = 2) -
     )
 
 
+@st.composite
+def one_axis_shifts(draw: st.DrawFn, max_batch: int = 2) -> Problem:
+    """A `Problem` shifted on one axis only, `(s, 0)` or `(0, s)` with `s > 0` (torchvision
+    shifts so when a window covers the whole map on the other axis), with maps of 1 to about
+    2.5 windows per axis."""
+    shifted = draw(st.sampled_from(WINDOW_SIDES[1:]))
+    other = draw(st.sampled_from(WINDOW_SIDES))
+    s = draw(st.integers(1, shifted - 1))
+    if draw(st.booleans()):
+        window, shift = (shifted, other), (s, 0)
+    else:
+        window, shift = (other, shifted), (0, s)
+    return Problem(
+        batch=draw(st.integers(1, max_batch)),
+        height=draw(st.integers(1, 2 * window[0] + 3)),
+        width=draw(st.integers(1, 2 * window[1] + 3)),
+        num_heads=draw(st.integers(1, 3)),
+        head_dim=draw(st.sampled_from((1, 2, 3, 5, 8))),
+        window_size=window,
+        shift_size=shift,
+    )
+
+
 def seeded(seed: int) -> torch.Generator:
     """A CPU generator with a fixed seed."""
     return torch.Generator().manual_seed(seed)

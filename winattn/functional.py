@@ -181,8 +181,8 @@ def window_attention(
 
     Raises:
         ValueError: for a bad argument, naming it and the fix: among others `C = 0` (no
-            channels), tensors on different devices, and a window whose attention weights
-            would take more than the memory budget (`winattn.geometry.memory_budget`).
+            channels), tensors on different devices, and a window whose attention
+            would allocate more than the memory budget (`winattn.geometry.memory_budget`).
         BackendUnavailableError: if the backend asked for cannot run the call.
 
     Example:

@@ -48,13 +48,14 @@ __all__ = [
 #: Additive logit for token pairs in different regions of a shifted window, as in Swin and STF.
 MASK_VALUE = -100.0
 
-#: Environment variable that sets the memory budget of one image's attention weights, in bytes.
+#: Environment variable that sets the memory budget of one image's attention, in bytes.
 MEMORY_BUDGET_VAR = "WINATTN_MAX_ATTENTION_BYTES"
 
-#: Default of that budget: 2 GiB, above what codecs need (an 8K image with 8x8 windows and 3
-#: heads needs about 1.6 GB at its largest stage), below a window of 128 with 4 heads or of 256
-#: (16 GiB per head) on any map.
-DEFAULT_MEMORY_BUDGET = 2 << 30
+#: Default of that budget: 16 GiB, above what codecs need (an 8K image with 8x8 windows and 3
+#: heads needs about 8.4 GiB at its largest stage in inference and 9.9 GiB in training, as
+#: `attention_bytes` counts), below a window of 128 with 4 heads (18 GiB) or of 256 (128 GiB
+#: per head) on any map.
+DEFAULT_MEMORY_BUDGET = 16 << 30
 
 
 def padded_size(size: tuple[int, int], window_size: int | Pair) -> tuple[int, int]:
@@ -87,7 +88,7 @@ def _relative_position_index(wh: int, ww: int, device: torch.device | None) -> T
     if need > budget:
         raise ValueError(
             f"the relative position index of window_size={(wh, ww)} ({n} tokens per window) "
-            f"needs {need / 2**30:.1f} GiB, over the budget of {budget / 2**30:.1f} GiB; use a "
+            f"needs {_format_bytes(need)}, over the budget of {_format_bytes(budget)}; use a "
             f"smaller window (codecs use 4 to 16), or raise the budget with the environment "
             f"variable {MEMORY_BUDGET_VAR}."
         )
@@ -317,55 +318,108 @@ def check_shift(window: Pair, shift: Pair) -> None:
             )
 
 
+_BYTE_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
 def memory_budget() -> int:
-    """The most bytes that the attention weights of one image may take, read at call time from
-    the `WINATTN_MAX_ATTENTION_BYTES` environment variable (default 2 GiB)."""
+    """The most bytes that the attention of one image may allocate, read at call time from the
+    `WINATTN_MAX_ATTENTION_BYTES` environment variable (default 16 GiB).
+
+    The variable holds a whole number of bytes, optionally followed by a binary unit:
+    `2147483648`, `512MiB`, `8 GiB` (units `B`, `KiB`, `MiB`, `GiB`, `TiB`).
+
+    Raises:
+        ValueError: naming the variable and its value, if it holds anything else.
+    """
     env = os.environ.get(MEMORY_BUDGET_VAR)
-    if not env:
+    if not env or not env.strip():
         return DEFAULT_MEMORY_BUDGET
-    try:
-        return int(float(env))
-    except ValueError:
+    text = env.strip()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    unit = text[digits:].strip()
+    if not digits or unit not in _BYTE_UNITS:
         raise ValueError(
-            f"environment variable {MEMORY_BUDGET_VAR}={env!r} is not a number of bytes; "
-            f"set it to e.g. {DEFAULT_MEMORY_BUDGET} or unset it."
-        ) from None
+            f"environment variable {MEMORY_BUDGET_VAR}={env!r} is not a number of bytes; set it "
+            f"to a whole number of bytes, optionally with a binary unit (e.g. "
+            f"{DEFAULT_MEMORY_BUDGET} or 16GiB; units {', '.join(u for u in _BYTE_UNITS if u)}), "
+            f"or unset it for the default of {_format_bytes(DEFAULT_MEMORY_BUDGET)}."
+        )
+    return int(text[:digits]) * _BYTE_UNITS[unit]
+
+
+def _format_bytes(n: int) -> str:
+    """`n` bytes in the largest binary unit that keeps a leading digit: `'1.5 KiB'`, `'3.0 GiB'`."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if n >= _BYTE_UNITS[unit]:
+            return f"{n / _BYTE_UNITS[unit]:.1f} {unit}"
+    return f"{n} B"
 
 
 def attention_bytes(
-    size: tuple[int, int], window_size: Pair, num_heads: int, element_size: int
+    size: tuple[int, int],
+    window_size: Pair,
+    num_heads: int,
+    element_size: int,
+    *,
+    shifted: bool = False,
+    bias: bool = False,
+    grad: bool = False,
+    channels: int = 0,
 ) -> int:
-    """Bytes of the attention weights of one image: `nW * heads * N * N * element_size`.
+    """Bytes that window attention on one image allocates at its peak, an upper bound for the
+    reference and sdpa backends (measured with the profiler in `tests/functional/test_geometry.py`).
+
+    With `A = nW * heads * N * N` token pairs and float32 logits (also for half-precision
+    qkv), it counts: the cached relative position index (`N * N` int64, with its temporaries
+    when it is first built) and shift mask (`nW * N * N` float32); the dense bias and its copy;
+    for a shift, sdpa's per-window mask of bias and shift (`A` elements); the logits and
+    the softmax weights alive together (`2 A` float32, and the weights cast back to a half
+    dtype); the copies of qkv and of the output; and, when autograd records, the saved weights with the gradients of the weights and
+    the logits (`3 A` float32 in all).
 
     Args:
         size: `(H, W)` of the map (padded or not).
         window_size: `(Wh, Ww)`.
         num_heads: heads.
-        element_size: bytes per logit.
+        element_size: bytes per element of qkv.
+        shifted: whether the windows are shifted (a shift mask is added).
+        bias: whether a relative position bias is added.
+        grad: whether autograd records the call (a backward will follow).
+        channels: `C`, for the copies of qkv (`3C` per token) and of the output (`C`) that the
+            backends make while gathering tokens into windows and back (two of each).
     """
     hp, wp = padded_size(size, window_size)
     n = window_size[0] * window_size[1]
     windows = (hp // window_size[0]) * (wp // window_size[1])
-    return windows * num_heads * n * n * element_size
+    pairs = windows * num_heads * n * n  # A
+    logit = max(element_size, 4)
+    resident = n * n * 8 + (windows * n * n * 4 if shifted else 0)  # index, shift mask
+    masks = 2 * num_heads * n * n * logit if bias else 0  # dense bias and its copy
+    if shifted:
+        masks += pairs * logit + windows * n * n * element_size  # sdpa's per-window mask
+    attention = pairs * logit * (3 if grad else 2) + (pairs * element_size if element_size < 4 else 0)
+    tokens = 2 * hp * wp * 4 * channels * element_size  # qkv and output, gathered and merged
+    return max(4 * n * n * 8, resident + masks + attention + tokens)  # the index's temporaries come first
 
 
 def check_memory(
-    size: tuple[int, int], window_size: Pair, num_heads: int, element_size: int
+    size: tuple[int, int], window_size: Pair, num_heads: int, element_size: int, **call: int
 ) -> None:
-    """Raises before anything is allocated if one image's attention weights would take more
-    than `memory_budget()` bytes.
+    """Raises before anything is allocated if window attention on one image would allocate
+    more than `memory_budget()` bytes, as `attention_bytes` counts them; `call` holds its
+    keyword arguments (`shifted`, `bias`, `grad`, `channels`).
 
     Raises:
         ValueError: naming the window, the map size and the bytes needed.
     """
-    need = attention_bytes(size, window_size, num_heads, element_size)
+    need = attention_bytes(size, window_size, num_heads, element_size, **call)
     budget = memory_budget()
     if need > budget:
         n = window_size[0] * window_size[1]
         raise ValueError(
             f"window attention with window_size={window_size} ({n} tokens per window) on a "
-            f"{size[0]}x{size[1]} map with {num_heads} heads needs {need / 2**30:.1f} GiB per "
-            f"image for its attention weights, over the budget of {budget / 2**30:.1f} GiB; use "
-            f"a smaller window (codecs use 4 to 16), or raise the budget with the environment "
+            f"{size[0]}x{size[1]} map with {num_heads} heads needs {_format_bytes(need)} per "
+            f"image for its logits, weights and masks, over the budget of {_format_bytes(budget)}; "
+            f"use a smaller window (codecs use 4 to 16), or raise the budget with the environment "
             f"variable {MEMORY_BUDGET_VAR}."
         )

@@ -9,13 +9,16 @@ Backends that cannot run here (triton on a CPU-only process) are skipped with th
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tests.interpreter import assert_passes_under_interpreter
-from tests.strategies import Problem, problems, seeded
-from winattn.backends import AttentionCall, explain, registered_backends
+from tests.strategies import Problem, one_axis_shifts, problems, seeded
+from winattn.backends import AttentionCall, explain, registered_backends, sdpa
 from winattn.backends.reference import reference_window_attention
 from winattn.functional import window_attention
 from winattn.geometry import dense_bias
@@ -118,6 +121,52 @@ def test_empty_batch_gives_an_empty_output(backend, shift):
     assert out.shape == (0, 8, 8, 16)
     out.sum().backward()
     assert qkv.grad.shape == qkv.shape
+
+
+# --- shifts on one axis only, in both memory layouts and both sdpa window orders --------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("memory_format", ["nhwc", "nchw"])
+@given(problem=one_axis_shifts(), grouped=st.booleans())
+@example(problem=Problem(1, 4, 9, 1, 2, (4, 4), (0, 2)), grouped=True)
+@example(problem=Problem(1, 9, 4, 1, 2, (4, 4), (2, 0)), grouped=True)
+def test_shift_on_one_axis_matches_reference_over_drawn_problems(backend, memory_format, problem, grouped):
+    # `grouped` makes sdpa group the windows by shift mask (it does so for large masks) or not;
+    # "nchw" passes qkv as the channels-last view of an NCHW tensor.
+    _runs_here(backend)
+    inputs = _inputs(problem, "table", torch.float32, seed=7)
+    if memory_format == "nchw":
+        inputs["qkv"] = inputs["qkv"].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)  # (B, H, W, 3C)
+    expected = _attend(problem, "reference", **_as_double(inputs))
+    with mock.patch.object(sdpa, "FULL_MASK_MAX_BYTES", 0 if grouped else 1 << 40):
+        got = _attend(problem, backend, **inputs)
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+# --- half precision: logits beyond the dtype's range -----------------------------------------
+
+
+@pytest.mark.parametrize("backend", tuple(registered_backends()))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_half_precision_stays_finite_when_the_logits_overflow_the_dtype(backend, dtype, grad, monkeypatch):
+    # q and k of about 300 give logits of about 1e5, beyond float16's 65504, where SDPA, which
+    # accumulates them in float32, is finite. A tiny logits chunk sends sdpa's inference down
+    # its chunked CPU path as well.
+    _runs_here(backend, dtype)
+    monkeypatch.setattr(sdpa, "LOGITS_CHUNK_BYTES", 4096)
+    problem = Problem(2, 8, 12, 2, 16, (4, 4), (2, 2))
+    g = seeded(6)
+    qkv = problem.qkv(g)
+    qkv[..., : 2 * problem.dim] *= 300  # q and k
+    inputs = {"qkv": qkv.to(dtype), "bias_table": problem.bias_table(g).to(dtype)}
+    with torch.set_grad_enabled(grad):
+        got = _attend(problem, backend, **{k: v.requires_grad_(grad) for k, v in inputs.items()})
+    expected = _attend(problem, "reference", **_as_double(inputs))  # the same rounded inputs
+    assert torch.isfinite(got).all()
+    # the error of a float32 computation is about 1e-6; allow the rounding of the output
+    torch.testing.assert_close(got.double(), expected, atol=2 * torch.finfo(dtype).eps, rtol=torch.finfo(dtype).eps)
 
 
 # --- float64, for the backends that take it: tight tolerance over drawn problems -------------

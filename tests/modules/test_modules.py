@@ -275,6 +275,22 @@ def test_window_attention_block_conv_b_starts_with_residual_window_attention():
     assert block.attn.shift_size == (2, 2)
 
 
+def test_closed_gate_half_precision_backward_is_the_identity_and_the_gate_gets_the_branch():
+    # Inputs of about 1000 give attention logits beyond float16's range.
+    block = randomise(modules.GatedWindowAttentionBlock(32, 4, 4, 2))
+    nn.init.zeros_(block.gate)
+    x = (torch.randn(1, 32, 8, 8, generator=torch.Generator().manual_seed(0)) * 1000).half()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).half()
+    block.half()
+    with torch.no_grad():
+        branch = block.conv_a(x) * torch.sigmoid(block.conv_b(x))  # (1, C, H, W)
+    expected = (upstream.float() * branch.float()).sum((0, 2, 3))  # (C,), finite
+    leaf = x.clone().requires_grad_()
+    block(leaf).backward(upstream)
+    assert torch.equal(leaf.grad, upstream)
+    torch.testing.assert_close(block.gate.grad.float(), expected, atol=0.5, rtol=1e-2)
+
+
 def test_residual_unit_is_gelu_of_input_plus_bottleneck():
     unit = randomise(WindowAttentionBlock(8, 2, 4).conv_a[0]).eval()
     x = torch.randn(1, 8, 5, 5)
@@ -282,6 +298,16 @@ def test_residual_unit_is_gelu_of_input_plus_bottleneck():
     expected = nn.functional.gelu(x + c[4](nn.functional.gelu(c[2](nn.functional.gelu(c[0](x))))))
     torch.testing.assert_close(unit(x), expected, atol=0, rtol=0)
     assert [m.kernel_size for m in (c[0], c[2], c[4])] == [(1, 1), (3, 3), (1, 1)]
+
+
+def test_residual_unit_without_autograd_computes_the_values_it_computes_with_autograd():
+    # Without autograd recording, the unit runs its activations and its residual sum in place.
+    unit = randomise(modules.ResidualUnit(8)).eval()
+    x = torch.randn(2, 8, 5, 6)
+    expected = unit(x)  # recorded: the parameters require grad
+    with torch.no_grad():
+        got = unit(x)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -229,7 +229,16 @@ class AttentionCall:
                 )
         if not 0.0 <= dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p=}.")
-        check_memory(qkv.shape[1:3], window, num_heads, max(qkv.element_size(), 4))
+        check_memory(
+            qkv.shape[1:3], window, num_heads, qkv.element_size(), shifted=any(shift),
+            bias=bias_table is not None or bias is not None,
+            grad=torch.is_grad_enabled()
+            and any(
+                t is not None and t.requires_grad
+                for t in (qkv, bias_table, bias, pad_qkv, logit_scale)
+            ),
+            channels=c3 // 3,
+        )
         if logit_scale is not None:
             scale = 1.0
         elif scale is None:

@@ -9,10 +9,12 @@ Step by step, as in Swin and the official STF code:
 2. roll the padded map by `(-sh, -sw)` (the cyclic shift);
 3. cut it into windows of `N = Wh * Ww` tokens and split q, k, v and the heads;
 4. logits `(q * scale) @ k^T + bias`, plus the shifted-window mask (-100 between tokens of
-   different bands, padding tokens not masked); with `logit_scale` (Swin-V2's scaled cosine
-   attention) the logits are instead `cos(q, k) * exp(min(logit_scale, log 100))` per head,
-   q and k L2-normalised along `head_dim` in (at least) float32, then the bias and mask;
-5. softmax in (at least) float32, dropout, weights @ v;
+   different bands, padding tokens not masked), in (at least) float32: half-precision logits
+   overflow (float16 ends at 65504) where the attention itself is well defined; with
+   `logit_scale` (Swin-V2's scaled cosine attention) the logits are instead
+   `cos(q, k) * exp(min(logit_scale, log 100))` per head, q and k L2-normalised along
+   `head_dim` in (at least) float32, then the bias and mask;
+5. softmax in (at least) float32, dropout, weights @ v in qkv's dtype;
 6. merge the windows, roll back by `(sh, sw)`, crop to `(H, W)`.
 """
 
@@ -68,12 +70,13 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         heads=call.num_heads,
     )  # each (B*nW, heads, N, d)
 
+    acc = torch.promote_types(qkv.dtype, torch.float32)
     if call.cosine:
         q, k = unit(q), unit(k)
-        logits = q @ k.transpose(-2, -1)  # (B*nW, heads, N, N), cosine similarities
+        logits = q.to(acc) @ k.to(acc).transpose(-2, -1)  # (B*nW, heads, N, N), cosine similarities
         logits = logits * call.cosine_scale()[:, None, None]
     else:
-        logits = (q * call.scale) @ k.transpose(-2, -1)  # (B*nW, heads, N, N)
+        logits = (q.to(acc) * call.scale) @ k.to(acc).transpose(-2, -1)  # (B*nW, heads, N, N)
     bias = call.dense_bias()
     if bias is not None:
         logits = logits + bias  # bias: (heads, N, N)
@@ -83,8 +86,7 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         logits = logits + mask[None, :, None].to(logits.dtype)
         logits = rearrange(logits, "b nw heads n m -> (b nw) heads n m")
 
-    weights = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-    weights = weights.to(qkv.dtype)
+    weights = logits.softmax(dim=-1).to(qkv.dtype)
     if call.dropout_p > 0:
         weights = F.dropout(weights, p=call.dropout_p, training=True)
     out = weights @ v  # (B*nW, heads, N, d)

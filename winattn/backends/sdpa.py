@@ -30,6 +30,9 @@ How the work is laid out matters more than the arithmetic (measured with
   its q, k, v, attends and writes its rows of the output, so logits and weights stay in
   cache. At the first stage of a 512x768 codec this halves the attention's time. Each window
   goes through the same operations either way, so the bits do not change.
+* Under `torch.compile` all of this is eager-only: the traced graph is the reference's pad,
+  roll and rearrange around the attention, which traces with symbolic sizes (a dynamic-shape
+  compile) and which the compiler fuses.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from torch import Tensor
 
 from winattn._utils import compile_safe_cache
 from winattn.backends.dispatcher import AttentionCall, Backend
+from winattn.backends.reference import reference_window_attention
 from winattn.geometry import cached_mask, padded_size
 
 #: Eager inference gathers the qkv of at most this many bytes of images at a time (at
@@ -122,8 +126,7 @@ def _layout(
     token = token.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)  # (nW, N)
     pad = ~inside.reshape(nwh, wh, nww, ww).permute(0, 2, 1, 3).reshape(nwh * nww, wh * ww)  # (nW, N)
 
-    # Kind of each window: whether it is the last along each shifted axis (plain Python, so
-    # that nothing has a data-dependent shape under torch.compile).
+    # Kind of each window: whether it is the last along each shifted axis.
     if grouped:
         kind = [(r == nwh - 1 and sh > 0, c == nww - 1 and sw > 0) for r in range(nwh) for c in range(nww)]
     else:
@@ -186,7 +189,7 @@ _layout_cached = compile_safe_cache(maxsize=128)(_layout)
 
 
 def layout(call: AttentionCall, batch: int) -> Layout:
-    """The `Layout` of `batch` maps of `call`'s size. Cached outside `torch.compile`."""
+    """The `Layout` of `batch` maps of `call`'s size, cached."""
     (wh, ww), heads = call.window_size, call.num_heads
     nw = (call.padded[0] // wh) * (call.padded[1] // ww)
     full_mask_bytes = nw * heads * (wh * ww) ** 2 * call.qkv.element_size()
@@ -209,7 +212,7 @@ _MASK_CACHE_SIZE = 64
 def cached_group_masks(call: AttentionCall, lay: Layout) -> list[Tensor | None]:
     """`group_masks`, reused across inference calls with the same bias values and geometry."""
     source = call.bias_table if call.bias_table is not None else call.bias
-    if call.needs_grad or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+    if call.needs_grad or torch.is_inference_mode_enabled():
         return group_masks(call, lay)
     key = (
         call.window_size, call.shift_size, call.padded, lay.grouped, call.num_heads,
@@ -258,6 +261,10 @@ def _attention_matmul(
     `benchmarks/attention.py` on 2 cores, this path is as fast as the flash kernel for windows
     of 16 to 64 tokens, and faster than the math path in training.
     """
+    if q.dtype in (torch.float16, torch.bfloat16):
+        # logits in float32, as SDPA accumulates them: in float16 they overflow (65504) where
+        # the attention itself is well defined, and bfloat16 would round them to 8 bits
+        q, k = q.float(), k.float()
     logits = q @ k.transpose(-2, -1)  # (windows, heads, N, N)
     if mask is None:
         logits = logits * call.scale
@@ -266,8 +273,7 @@ def _attention_matmul(
         logits = torch.add(mask, per_image, alpha=call.scale).reshape(logits.shape)
     else:
         logits = torch.add(mask, logits, alpha=call.scale)
-    weights = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-    weights = weights.to(v.dtype)
+    weights = logits.softmax(-1).to(v.dtype)
     if call.dropout_p > 0:
         weights = F.dropout(weights, p=call.dropout_p, training=True)
     return weights @ v  # (windows, heads, N, d)
@@ -299,7 +305,7 @@ class _Rows(torch.autograd.Function):
 
 def _select_rows(src: Tensor, index: Tensor, inverse: Tensor, zero: Tensor | None = None) -> Tensor:
     """`src.index_select(0, index)`, differentiated through `_Rows` when autograd records."""
-    if torch.is_grad_enabled() and src.requires_grad and not torch.compiler.is_compiling():
+    if torch.is_grad_enabled() and src.requires_grad:
         return _Rows.apply(src, index, inverse, zero)
     return src.index_select(0, index)
 
@@ -383,7 +389,7 @@ def _attend_cpu_chunked(
 def _chunk_windows(call: AttentionCall, lay: Layout, masks: list[Tensor | None]) -> bool:
     """Whether `_attend_cpu_chunked` applies: eager inference on the CPU, with logits larger
     than two chunks."""
-    if lay.dest_heads is None or call.needs_grad or call.dropout_p > 0 or torch.compiler.is_compiling():
+    if lay.dest_heads is None or call.needs_grad or call.dropout_p > 0:
         return False
     if torch.is_autocast_enabled("cpu"):  # the result dtype is autocast's
         return False
@@ -457,6 +463,12 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     if call.cosine:
         call = fold_cosine(call)
     qkv = call.qkv
+    if torch.compiler.is_compiling():
+        # A `Layout` is built by Python loops over the windows, which the symbolic sizes of a
+        # dynamic-shape compile cannot drive (and the compiler cannot tell us whether sizes
+        # are symbolic); the reference's pad, roll and rearrange trace with any sizes, and
+        # the compiler fuses them into one copy each way.
+        return reference_window_attention(call)
     b, h, w, c3 = qkv.shape
     c = c3 // 3
     flat = qkv.reshape(b, h * w, c3)  # (B, H*W, 3C)
@@ -464,7 +476,6 @@ def sdpa_window_attention(call: AttentionCall) -> Tensor:
     if (
         chunk >= b
         or call.needs_grad
-        or torch.compiler.is_compiling()
         or torch.is_autocast_enabled(qkv.device.type)  # the result dtype is autocast's
     ):
         lay = layout(call, b)
