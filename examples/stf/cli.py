@@ -102,27 +102,17 @@ def folder_lock(folder: str | Path, option: str) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def claim_run_folder(
+def check_run_folder(
     folder: str | Path, marker: str, own: Callable[[Path], bool], *, force: bool, option: str
-) -> None:
-    """Prepares the output folder of a tool that writes several files and may start over.
+) -> list[Path]:
+    """Checks, changing nothing, that `claim_run_folder` would accept `folder`; a tool calls it
+    before it takes the folder's lock, so that a refused folder is left exactly as it was.
 
-    The tool's folders carry a marker file of its own. `force` deletes what the tool wrote
-    (the entries `own` accepts) and nothing else: a folder without the marker, or holding any
-    entry `own` refuses, is refused with the names of those entries. Without `force` nothing
-    is deleted, and the tool resumes or refuses by what its own files say.
-
-    Args:
-        folder: the output folder (created, with the marker, if missing or empty).
-        marker: the name of the tool's marker file.
-        own: whether an entry of the folder is one the tool writes.
-        force: delete the tool's earlier files, so the run starts over.
-        option: the command-line option that named the folder, for the messages.
+    Returns:
+        the entries `claim_run_folder` would delete with `force` (the tool's earlier files).
 
     Raises:
-        NotADirectoryError: `folder` is an existing file.
-        FileExistsError: with `force`, the folder has no marker or holds entries the tool did
-            not write; nothing is deleted.
+        NotADirectoryError, FileExistsError: as `claim_run_folder`.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -144,6 +134,34 @@ def claim_run_folder(
             f"made; --force only replaces the tool's own folders. Nothing was deleted; pass "
             f"another {option}."
         )
+    return entries
+
+
+def claim_run_folder(
+    folder: str | Path, marker: str, own: Callable[[Path], bool], *, force: bool, option: str
+) -> None:
+    """Prepares the output folder of a tool that writes several files and may start over.
+
+    The tool's folders carry a marker file of its own. `force` deletes what the tool wrote
+    (the entries `own` accepts) and nothing else: a folder without the marker, or holding any
+    entry `own` refuses, is refused with the names of those entries. Without `force` nothing
+    is deleted, and the tool resumes or refuses by what its own files say. A tool that locks
+    the folder calls `check_run_folder` before the lock and this function under it.
+
+    Args:
+        folder: the output folder (created, with the marker, if missing or empty).
+        marker: the name of the tool's marker file.
+        own: whether an entry of the folder is one the tool writes.
+        force: delete the tool's earlier files, so the run starts over.
+        option: the command-line option that named the folder, for the messages.
+
+    Raises:
+        NotADirectoryError: `folder` is an existing file.
+        FileExistsError: with `force`, the folder has no marker or holds entries the tool did
+            not write; nothing is deleted.
+    """
+    folder = Path(folder)
+    entries = check_run_folder(folder, marker, own, force=force, option=option)
     if force:
         for path in entries:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
