@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -57,19 +56,46 @@ def refuse_existing(
 
 
 LOCK_NAME = ".winattn.lock"
+_WINDOWS_LOCK_BYTE = 4096  # the byte locked on Windows: past the PID, which stays readable
 
 
 class FolderInUseError(OSError):
     """Another process holds the run lock of an output folder."""
 
 
+def _lock_without_waiting(fd: int) -> bool:
+    """Takes an exclusive OS lock on the open file `fd`; False if another process holds it.
+
+    POSIX: `fcntl.flock` on the whole file. Windows (no `fcntl`): `msvcrt.locking` of one byte
+    past the PID, since Windows locks are mandatory and the PID must stay readable. Either way
+    the OS releases the lock when the file is closed or the process ends.
+    """
+    if os.name == "nt":
+        import msvcrt  # Windows only
+
+        os.lseek(fd, _WINDOWS_LOCK_BYTE, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl  # POSIX only
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextmanager
 def folder_lock(folder: str | Path, option: str) -> Iterator[Path]:
-    """Holds an exclusive OS lock (`flock`) on `folder` while a run writes into it.
+    """Holds an exclusive OS lock on `folder` while a run writes into it (`flock`, or
+    `msvcrt.locking` on Windows).
 
-    The lock file `.winattn.lock` records the owner's PID. The kernel releases the lock when
-    the process ends, however it ends (a crash or `kill -9` included), so no stale lock is
-    ever left to clean up.
+    The lock file `.winattn.lock` records the owner's PID. The OS releases the lock when the
+    process ends, however it ends (a crash or `kill -9` included), so no stale lock is ever
+    left to clean up.
 
     Args:
         folder: the output folder (created if missing).
@@ -85,18 +111,18 @@ def folder_lock(folder: str | Path, option: str) -> Iterator[Path]:
         raise NotADirectoryError(f"{option} {str(folder)!r} is a file, not a folder.")
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+    if not _lock_without_waiting(fd):
+        os.lseek(fd, 0, os.SEEK_SET)
+        owner = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise FolderInUseError(
             f"{option} {str(folder)!r} is in use by another run (PID {owner}); wait for it to "
             f"end, or pass another {option}."
-        ) from None
+        )
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield folder
     finally:
         os.close(fd)  # releases the lock
