@@ -45,9 +45,9 @@ class ImageCrops(Dataset):
     """Random crops of every image under `root`, as `(3, size, size)` tensors in `[0, 1]`.
 
     Images are read by the examples' one reader (`winattn.pretrained.images.read_image`):
-    16-bit images are scaled from 16 bits, an alpha channel is dropped, masks become 0/255 and
-    EXIF orientation is applied, with a warning wherever the data changes; images smaller
-    than `size` are zero-padded.
+    16-bit grey images are scaled from 16 bits (16-bit RGB keeps its top 8 bits), an alpha
+    channel is dropped, masks become 0/255 and EXIF orientation is applied, with a warning
+    wherever the data changes; images smaller than `size` are zero-padded.
     """
 
     def __init__(self, root: str, size: int) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stf.cli import claim_run_folder, folder_lock
+from ..stf.cli import check_run_folder, claim_run_folder, folder_lock
 from .train import MARKER, TrainConfig, check_arch, is_run_file, train_models
 
 
@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             if args.command in ("train", "run"):
                 config = _config(args)  # every argument is checked before the folder is touched
+                claim = dict(marker=MARKER, own=is_run_file, force=args.force, option="--out")
+                check_run_folder(args.out, **claim)  # a refused folder keeps no lock file
                 stack.enter_context(folder_lock(args.out, "--out"))
-                claim_run_folder(args.out, MARKER, is_run_file, force=args.force, option="--out")
+                claim_run_folder(args.out, **claim)  # checked again, under the lock
                 summary = train_models(
                     config,
                     args.out,

@@ -126,6 +126,17 @@ def test_force_refuses_a_run_folder_that_holds_foreign_files(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("files", [["state.pt"], [".winattn-ablation", "notes.txt"]])
+def test_a_folder_that_force_refuses_is_left_exactly_as_it_was(tmp_path, files):
+    out = tmp_path / "d"
+    out.mkdir()
+    for name in files:
+        (out / name).write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["train", "--out", str(out), "--force", "--steps", "1"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_force_with_an_existing_file_as_out_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "f"
     out.write_text("keep")

@@ -28,19 +28,36 @@ def _write_png_rgb16(path, array: np.ndarray) -> None:
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def test_16_bit_grey_ramp_keeps_its_levels_with_a_warning(tmp_path):
+@pytest.mark.parametrize("suffix", ["png", "tif", "pgm"])
+def test_16_bit_grey_is_scaled_from_16_bits_with_a_warning(tmp_path, suffix):
     ramp = (np.arange(60, dtype=np.uint16) * 1111).reshape(6, 10)
-    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    Image.fromarray(ramp).save(tmp_path / f"ramp.{suffix}")
     with pytest.warns(UserWarning, match="16-bit image; it is scaled"):
-        x = read_image(tmp_path / "ramp.png")
+        x = read_image(tmp_path / f"ramp.{suffix}")
     assert x.shape == (3, 6, 10)
-    assert (x[0] * 65535).round().unique().numel() == 60
+    assert np.array_equal((x[0].double() * 65535).round().numpy(), ramp)
 
 
-def test_16_bit_rgb_is_read_with_a_warning(tmp_path):
+def test_32_bit_integer_tiff_is_refused_naming_the_mode(tmp_path):
+    levels = np.arange(60, dtype=np.int32).reshape(6, 10)  # small values, 32-bit samples
+    Image.fromarray(levels).save(tmp_path / "int32.tif")
+    with pytest.raises(ValueError, match="int32.tif.*32-bit integer samples.*'I;32S'.*8- or 16-bit"):
+        read_image(tmp_path / "int32.tif")
+
+
+def test_16_bit_rgb_png_is_read_with_a_warning(tmp_path):
     _write_png_rgb16(tmp_path / "rgb16.png", np.arange(60).reshape(4, 5, 3) * 1000)
     with pytest.warns(UserWarning, match="16 bits per channel"):
         read_image(tmp_path / "rgb16.png")
+
+
+def test_16_bit_rgb_tiff_is_read_as_its_top_8_bits_with_a_warning(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    rgb = (np.arange(60, dtype=np.uint16) * 1111).reshape(4, 5, 3)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb")
+    with pytest.warns(UserWarning, match="16 bits per channel; Pillow reads its top 8 bits"):
+        x = read_image(tmp_path / "rgb16.tif")
+    assert np.array_equal((x * 255).round().permute(1, 2, 0).numpy(), rgb >> 8)
 
 
 def test_transparent_alpha_is_dropped_with_a_warning(tmp_path):
@@ -50,6 +67,26 @@ def test_transparent_alpha_is_dropped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="alpha channel is dropped"):
         x = read_image(tmp_path / "rgba.png")
     assert float(x[0].max()) == pytest.approx(200 / 255)
+
+
+@pytest.mark.filterwarnings("ignore:.*is a 16-bit image")
+@pytest.mark.parametrize(("mode", "colour", "other"), [
+    ("L", 0, 255), ("I;16", 0, 65535), ("RGB", (0, 0, 0), (255, 255, 255)),
+])
+def test_a_transparent_colour_in_a_png_is_dropped_with_a_warning(tmp_path, mode, colour, other):
+    image = Image.new(mode, (4, 4), colour)
+    image.putpixel((1, 1), other)
+    image.save(tmp_path / "trns.png", transparency=colour)
+    with pytest.warns(UserWarning, match="transparent pixels.*dropped"):
+        x = read_image(tmp_path / "trns.png")
+    assert float(x.min()) == 0.0
+
+
+def test_a_transparent_colour_no_pixel_has_is_read_without_a_warning(tmp_path):
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(tmp_path / "trns.png", transparency=(0, 0, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "trns.png").shape == (3, 4, 4)
 
 
 def test_opaque_alpha_is_dropped_without_a_warning(tmp_path):
@@ -114,6 +151,19 @@ def test_an_unknown_scikit_image_name_is_refused():
     pytest.importorskip("skimage")
     with pytest.raises(ValueError, match="scikit-image has no image 'nope'"):
         read_source("skimage:nope")
+
+
+@pytest.mark.parametrize("name", ["download_all", "cells3d"])
+def test_a_scikit_image_name_that_needs_a_download_is_refused(name, monkeypatch):
+    skimage_data = pytest.importorskip("skimage.data")
+    monkeypatch.setattr(skimage_data, name, lambda: pytest.fail(f"{name}() was called"))
+    with pytest.raises(ValueError, match=f"'{name}' is not bundled with scikit-image.*astronaut"):
+        read_source(f"skimage:{name}")
+
+
+def test_a_bundled_scikit_image_photograph_is_read():
+    pytest.importorskip("skimage")
+    assert read_source("skimage:astronaut").shape == (3, 512, 512)
 
 
 def test_ablation_photographs_go_through_the_same_reader(monkeypatch):

@@ -82,6 +82,14 @@ def test_a_second_run_into_a_save_dir_in_use_is_refused_with_the_owner_pid(tmp_p
     assert not list(tmp_path.glob("checkpoint*"))
 
 
+def test_the_scripts_import_where_there_is_no_fcntl():
+    """Windows has no `fcntl`; importing it (blocked here) only when the lock is taken."""
+    blocked = ("import sys; sys.modules['fcntl'] = None; "
+               "import examples.stf.cli, examples.stf.train, examples.ablation.__main__")
+    result = run_script("-c", blocked)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_save_dir_lock_is_released_when_the_run_ends(tmp_path):
     train.main(["--smoke", "--iterations", "1", "--no-progress", "--save-dir", str(tmp_path)])
     with folder_lock(tmp_path, "--save-dir"):

@@ -9,15 +9,17 @@ The codecs code 8-bit RGB. `read_image` turns every other layout into `(3, H, W)
 |---|---|
 | 8-bit RGB, palette, greyscale | as it is (grey repeated on the three channels) |
 | EXIF orientation | applied (the photograph as a viewer shows it) |
-| 16-bit (grey or per channel) | scaled from 16 bits to `[0, 1]`; warning: the output is 8-bit |
-| alpha channel with transparent pixels | dropped; warning |
+| 16-bit greyscale | scaled from 16 bits to `[0, 1]`; warning: the output is 8-bit |
+| 16-bit per channel (RGB, RGBA) | Pillow's top 8 bits of each sample (truncated); warning |
+| alpha channel, or a transparent colour (PNG), with transparent pixels | dropped; warning |
 | 1-bit or boolean (a mask) | 0 and 255; warning |
 | CMYK and other colour spaces | converted to RGB; warning |
-| 32-bit integer or float samples | refused (`ValueError`) |
+| 32-bit integer, signed 16-bit or float samples | refused (`ValueError`) |
 | a file Pillow cannot read (text, empty, cut short) | refused (`ValueError`) |
 
-`read_source` also takes `skimage:NAME`, an image bundled with scikit-image (no download),
-and converts its array by the same rules (`from_array`).
+`read_source` also takes `skimage:NAME`, an image whose file ships with the installed
+scikit-image (never one it would download), and converts its array by the same rules
+(`from_array`).
 
 Pillow (and scikit-image for `skimage:` sources) is imported when called, so `import winattn`
 needs neither.
@@ -31,7 +33,9 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +47,9 @@ from torch import Tensor
 __all__ = ["check_output", "from_array", "image_format_for", "read_image", "read_source"]
 
 _AS_IS = {"RGB", "L", "P", "RGBA", "LA", "PA", "RGBa", "La"}  # read without changing a value
+# The data files a `skimage.data` loader reads, as its source names them: `_load("data/x.png")`.
+_SKIMAGE_FILE = re.compile(r"""_(?:load|fetch)\(\s*['"](data/[^'"]+)['"]""")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 
 
 def read_source(source: str | os.PathLike[str]) -> Tensor:
@@ -52,7 +59,8 @@ def read_source(source: str | os.PathLike[str]) -> Tensor:
         x: (3, H, W) float32 in [0, 1].
 
     Raises:
-        ValueError: no such file or scikit-image photograph, or an image that cannot be read
+        ValueError: no such file, a scikit-image name whose image does not ship with the
+            installed scikit-image (it would be downloaded), or an image that cannot be read
             faithfully (the message says why).
         ImportError: `skimage:` without scikit-image installed.
     """
@@ -69,10 +77,39 @@ def read_source(source: str | os.PathLike[str]) -> Tensor:
     loader = getattr(skimage.data, name, None) if not name.startswith("_") else None
     if not callable(loader):
         raise ValueError(f"scikit-image has no image {name!r}; try skimage:coffee.")
+    bundled = _bundled_skimage_images(skimage.data)
+    if name not in bundled:
+        raise ValueError(
+            f"skimage:{name} is refused: {name!r} is not bundled with scikit-image (reading it "
+            f"would download it, or it is not an image file). Bundled: {', '.join(bundled)}."
+        )
     array = loader()
     if not isinstance(array, np.ndarray):
         raise ValueError(f"skimage.data.{name}() is not one image ({type(array).__name__}).")
     return from_array(array, text)
+
+
+def _bundled_skimage_images(data) -> list[str]:
+    """The `skimage.data` loaders that read only image files present in the installed package.
+
+    scikit-image downloads (with pooch) every data file it does not ship; a loader is kept
+    when its source names at least one data file and every one is an image file found under
+    the installed `skimage/` folder, so nothing here touches the network. A loader whose
+    source cannot be read, or that names no file (`download_all`, generated images), is left
+    out.
+    """
+    package = Path(data.__file__).resolve().parent.parent  # skimage/
+    names = []
+    for name in getattr(data, "__all__", ()):
+        try:
+            files = _SKIMAGE_FILE.findall(inspect.getsource(getattr(data, name)))
+        except (AttributeError, OSError, TypeError):
+            continue
+        if files and all(
+            f.lower().endswith(_IMAGE_SUFFIXES) and (package / f).is_file() for f in files
+        ):
+            names.append(name)
+    return sorted(names)
 
 
 def read_image(path: str | os.PathLike[str]) -> Tensor:
@@ -95,7 +132,7 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
         raise ValueError(f"{name!r} is empty (0 bytes); give an image file.")
     try:
         with Image.open(name) as img:
-            raw_modes = {t.args for t in img.tile if isinstance(t.args, str)}  # before load
+            raw_modes, bits = _stored_as(img)  # before load, which empties `tile`
             img.load()
             img = ImageOps.exif_transpose(img)  # a copy, as a viewer shows it
     except UnidentifiedImageError:
@@ -105,34 +142,61 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
         ) from None
     except (OSError, SyntaxError) as err:  # a damaged or truncated file
         raise ValueError(f"cannot read image {name!r} ({size} bytes): {err}.") from None
-    return _pillow_to_rgb(img, name, raw_modes)
+    return _pillow_to_rgb(img, name, raw_modes, bits)
 
 
-def _pillow_to_rgb(img, name: str, raw_modes: set[str]) -> Tensor:
+def _stored_as(img) -> tuple[set[str], set[int]]:
+    """How an opened, not yet loaded, file stores its samples: Pillow's raw modes (`"I;32S"`,
+    `"RGB;16L"`) and, for a TIFF, its bits per sample (empty where the format does not say)."""
+    raw_modes = set()
+    for tile in img.tile:
+        raw = tile.args[0] if isinstance(tile.args, tuple) and tile.args else tile.args
+        if isinstance(raw, str):  # TIFF, JPEG, PPM: (raw mode, ...); PNG: the raw mode
+            raw_modes.add(raw)
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258, ()) if tags is not None else ()  # TIFF BitsPerSample, per channel
+    return raw_modes, set(bits if isinstance(bits, tuple) else (bits,))
+
+
+def _pillow_to_rgb(img, name: str, raw_modes: set[str], bits: set[int]) -> Tensor:
     """(3, H, W) float32 in [0, 1] from a loaded Pillow image (see `read_image`)."""
     mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        array = np.asarray(img).astype(np.float64)  # (H, W)
-        if mode == "I" and (array.min() < 0 or array.max() > 65535):
-            raise ValueError(
-                f"{name!r} holds 32-bit integer samples (range {array.min():.0f}.."
-                f"{array.max():.0f}); convert it to an 8- or 16-bit image first."
-            )
-        return from_array(array.astype(np.uint16), name)
     if mode == "F" or mode.startswith(("I;32", "F;")):
         raise ValueError(
             f"{name!r} holds floating-point or 32-bit samples (Pillow mode {mode!r}); convert it "
             "to an 8- or 16-bit image first."
         )
-    if any(";16" in raw for raw in raw_modes):
+    sixteen_bits = bits == {16} or any(";16" in raw for raw in raw_modes)
+    if mode == "I" and not sixteen_bits:
+        # Pillow's mode "I" holds 32-bit integers; only a file that says it stores 16 bits
+        # (a 16-bit PGM, an older Pillow's 16-bit PNG) is read as 16-bit, whatever its values.
+        raise ValueError(
+            f"{name!r} holds 32-bit integer samples (Pillow mode 'I', raw mode "
+            f"{', '.join(map(repr, sorted(raw_modes))) or 'unknown'}, "
+            f"{'/'.join(map(str, sorted(bits))) or 'unknown'} bits per sample); convert it to "
+            "an 8- or 16-bit image first."
+        )
+    if mode.startswith("I;16") or mode == "I":
+        array = np.asarray(img).astype(np.int64)  # (H, W)
+        if array.min() < 0:
+            raise ValueError(
+                f"{name!r} holds signed 16-bit samples (minimum {array.min()}); convert it to "
+                "an unsigned 8- or 16-bit image first."
+            )
+        transparent = img.info.get("transparency")
+        if isinstance(transparent, int) and (array == transparent).any():
+            _warn_transparent(np.zeros(1), name, "transparent colour")  # a tRNS grey level
+        return from_array(array.astype(np.uint16), name)
+    if sixteen_bits:
         _warn(f"{name!r} has 16 bits per channel; Pillow reads its top 8 bits ({mode}), and the "
               "codec works on 8-bit images.")
     if mode == "1":
         _warn(f"{name!r} is a 1-bit (black and white) image; it is read as levels 0 and 255.")
     elif mode not in _AS_IS:
         _warn(f"{name!r} is a {mode} image; it is converted to RGB (colours may differ).")
-    if "A" in mode or "a" in mode or (mode == "P" and "transparency" in img.info):
-        _warn_transparent(np.asarray(img.convert("RGBA"))[..., 3], name)  # (H, W)
+    if "A" in mode or "a" in mode or "transparency" in img.info:
+        what = "alpha channel" if "A" in mode or "a" in mode else "transparent colour"
+        _warn_transparent(np.asarray(img.convert("RGBA"))[..., 3], name, what)  # (H, W)
     array = np.asarray(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
 
@@ -180,10 +244,12 @@ def from_array(array: np.ndarray, name: str) -> Tensor:
     return x.permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def _warn_transparent(alpha: np.ndarray, name: str) -> None:
+def _warn_transparent(alpha: np.ndarray, name: str, what: str = "alpha channel") -> None:
+    """Warns when `alpha` (0..255) marks a pixel transparent; `what` carries the transparency
+    ("alpha channel", or "transparent colour": a PNG's tRNS palette index, grey or RGB value)."""
     if alpha.min() < 255:
-        _warn(f"{name!r} has transparent pixels (alpha channel); the alpha channel is dropped "
-              "and those pixels keep their colour values, since the codec codes RGB only.")
+        _warn(f"{name!r} has transparent pixels ({what}); the {what} is dropped and those "
+              "pixels keep their colour values, since the codec codes RGB only.")
 
 
 def _warn(message: str) -> None:
