@@ -84,6 +84,15 @@ def entropy_parameter_modules(model: nn.Module) -> list[nn.Module]:
     raise ValueError(f"no entropy-parameter modules known for {type(model).__name__}.")
 
 
+def synthesis_input(model: nn.Module) -> nn.Module:
+    """The first layer of the synthesis transform, whose input is the decoded `y_hat`.
+
+    WACNN runs `g_s` layer by layer and STF has `syn_layers`, so the hook sits on the first.
+    """
+    layers = model.g_s if hasattr(model, "g_s") else model.syn_layers
+    return layers[0] if isinstance(layers, (nn.Sequential, nn.ModuleList)) else layers
+
+
 def step_ulps(x: Tensor, ulps: int) -> Tensor:
     """`x` moved `ulps` units in the last place toward +inf (`torch.nextafter`, `ulps` times).
 
@@ -121,7 +130,7 @@ class Recorder:
         self.generator = torch.Generator().manual_seed(seed)
         self.fraction, self.ulps = fraction, ulps
         self.handles = [m.register_forward_hook(self._on_params) for m in entropy_parameter_modules(model)]
-        self.handles.append(model.g_s.register_forward_pre_hook(self._on_synthesis))
+        self.handles.append(synthesis_input(model).register_forward_pre_hook(self._on_synthesis))
 
     def _on_params(self, module, args, out: Tensor) -> Tensor:
         if self.fraction > 0:
@@ -130,7 +139,7 @@ class Recorder:
         return out
 
     def _on_synthesis(self, module, args) -> None:
-        self.y_hat = args[0].detach().cpu().clone()  # (1, M, H/16, W/16)
+        self.y_hat = args[0].detach().cpu().clone()  # y_hat: (1, M, h, w), STF (1, h, w, M)
 
     def reset(self) -> None:
         self.params, self.y_hat = [], None
@@ -450,7 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         q.add_argument("--images", nargs="+", default=["astronaut", "coffee", "chelsea", "rocket"],
                        help="scikit-image photographs")
         q.add_argument("--size", type=int, default=256, help="centre crop side (0: whole image)")
-        q.add_argument("--qualities", type=int, nargs="+", default=[1, 2, 3])
+        q.add_argument("--qualities", type=int, nargs="*", default=[1, 2, 3],
+                       help="qualities of the pretrained model (none: checkpoints only)")
         q.add_argument("--checkpoint", action="append", default=[],
                        help="an examples.stf checkpoint (STF or WACNN) to test too")
         q.add_argument("--device", default="cpu")
