@@ -25,7 +25,7 @@ toward +inf, as another platform's rounding would, and the same counts are repor
 Codecs: the shipped pretrained model at each `--qualities`, and `--checkpoint PATH` (repeatable)
 for STF/WACNN checkpoints of `examples.stf` (trained or official). Run from the repository root:
 
-    python -m examples.portable.cross_env \\
+    python -m examples.portable.cross_env run \\
         --python torch2.14.1=.venv/bin/python --python torch2.13.0=/path/venv/bin/python \\
         --capabilities native default --threads 1 2 4 \\
         --images astronaut coffee chelsea rocket --perturb 1.0:1 --perturb 0.01:1 \\
@@ -453,7 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="mode")
+    sub = p.add_subparsers(dest="mode", required=True)
     for mode in ("run", "encode", "decode"):
         q = sub.add_parser(mode)
         q.add_argument("--images", nargs="+", default=["astronaut", "coffee", "chelsea", "rocket"],
