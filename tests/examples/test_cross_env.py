@@ -80,6 +80,7 @@ def test_same_environment_without_perturbation_breaks_nothing(encoded, model):
 def test_other_thread_count_breaks_where_recomputed_scale_indexes_change(encoded, model):
     folder, records = encoded
     rows = decode(folder, model, threads=2)
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         expected_broken, expected_identical = [], []
@@ -89,7 +90,7 @@ def test_other_thread_count_breaks_where_recomputed_scale_indexes_change(encoded
             expected_broken.append(indexes_differ(model, scales, record["params"][0]))
             expected_identical.append(torch.equal(scales, record["params"][0]))
     finally:
-        torch.set_num_threads(1)
+        torch.set_num_threads(before)
     assert [r["broken"] for r in rows] == expected_broken
     assert [r["params_identical"] for r in rows] == expected_identical
 
