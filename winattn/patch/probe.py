@@ -3,7 +3,8 @@
 
 A host module and the module built to take its place run on the same small random maps, in
 fp32, in eval mode and without gradients, on CPU copies with the backend picked automatically
-there (the model is not touched: no buffer, training flag, hook or RNG state changes). The probe
+there (the model is not touched: no buffer, training flag, hook or RNG state changes; the copies
+have no hooks, and what the model's hooks refer to is not copied). The probe
 checks that the swap computes what the host computes; the backends themselves are tested
 against the reference elsewhere, and on CUDA agree with it within their own tolerances. The maps need padding where the host pads and are
 larger than the window, so the shift applies. The swap is kept only where every map the host
@@ -15,12 +16,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from winattn._utils import Pair
-from winattn.patch.hosts.base import HOOK_DICTS, Host, probe_sizes
+from winattn.patch.hosts.base import Host, probe_sizes
 
 __all__ = ["ATOL", "ProbeResult", "probe_swap"]
 
@@ -49,14 +51,23 @@ def _default_sizes(m: nn.Module, window: Pair) -> list[tuple[int, int]]:
     return probe_sizes(window)
 
 
+def _hookless_memo(m: nn.Module) -> dict[int, Any]:
+    """A `copy.deepcopy` memo that maps every hook dictionary of `m` and its submodules (forward,
+    pre-forward, backward, state-dict and load-state-dict hooks: each attribute whose name holds
+    `hooks` and is a dict) to a fresh empty one, so that the copy has no hooks and whatever the
+    hooks refer to (a bound method of the whole model, an object holding a lock) is never copied.
+    """
+    return {
+        id(value): type(value)()
+        for sub in m.modules()
+        for name, value in vars(sub).items()
+        if "hooks" in name and isinstance(value, dict)
+    }
+
+
 def _quiet_copy(m: nn.Module) -> nn.Module:
-    """A float32, eval-mode deep copy of `m` on the CPU, without forward hooks."""
-    m = copy.deepcopy(m).to("cpu", torch.float32).eval()
-    for sub in m.modules():
-        for name in HOOK_DICTS:
-            if hasattr(sub, name):
-                getattr(sub, name).clear()
-    return m
+    """A float32, eval-mode deep copy of `m` on the CPU, without hooks."""
+    return copy.deepcopy(m, _hookless_memo(m)).to("cpu", torch.float32).eval()
 
 
 def probe_swap(
@@ -74,8 +85,11 @@ def probe_swap(
     call = getattr(host, "probe_call", _default_call)
     sizes = getattr(host, "probe_sizes", _default_sizes)(m, window)
     try:
-        reference, candidate = _quiet_copy(m), None
-        candidate = build(_quiet_copy(m)).to("cpu", torch.float32).eval()
+        reference, source = _quiet_copy(m), _quiet_copy(m)
+    except Exception as exc:  # noqa: BLE001 (any failure means: not swapped)
+        return ProbeResult(None, f"the host could not be copied for the probe ({type(exc).__name__}: {exc})")
+    try:
+        candidate = build(source).to("cpu", torch.float32).eval()
     except Exception as exc:  # noqa: BLE001 (any failure means: not swapped)
         return ProbeResult(None, f"its replacement could not be built ({type(exc).__name__}: {exc})")
     generator = torch.Generator().manual_seed(0)

@@ -1,0 +1,73 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The probe that checks every swap: it copies only the host module (never what the model's
+hooks refer to), and its verdict is what decides whether a block is swapped."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+from tests.patch.standins import SwinTransformerBlock
+from winattn import patch_model
+from winattn.patch.hosts.swin_block import SwappedSwinBlock
+
+
+def _charm_like() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(*(SwinTransformerBlock(16, (10, 13), 2, window_size=4, shift_size=s) for s in (0, 2))).eval()
+
+
+class _LockedHook:
+    """A forward hook holding a lock, as a thread-safe recorder does (a lock cannot be deep-copied)."""
+
+    def __init__(self) -> None:
+        self.lock, self.calls = threading.Lock(), 0
+
+    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        with self.lock:
+            self.calls += 1
+
+
+class _CountedPayload:
+    """Stands for a large part of a model; counts how often it is deep-copied."""
+
+    copies = 0
+
+    def __deepcopy__(self, memo: dict) -> _CountedPayload:
+        type(self).copies += 1
+        return _CountedPayload()
+
+
+class _ModelWithHookMethod(nn.Sequential):
+    def __init__(self, *blocks: nn.Module) -> None:
+        super().__init__(*blocks)
+        self.payload = _CountedPayload()
+        for block in blocks:
+            block.attn.register_forward_hook(self.record)
+
+    def record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        pass
+
+
+def test_block_whose_attention_has_a_hook_holding_a_lock_is_still_swapped():
+    model = _charm_like()
+    model[0].attn.register_forward_hook(_LockedHook())
+    patch_model(model)
+    assert all(isinstance(block, SwappedSwinBlock) for block in model)
+
+
+def test_probe_does_not_copy_the_model_a_hook_method_belongs_to():
+    model = _ModelWithHookMethod(*_charm_like())
+    _CountedPayload.copies = 0
+    patch_model(model)
+    assert _CountedPayload.copies == 0
+    assert [e.path for e in model.winattn_report.entries] == ["0", "1"]
+
+
+def test_host_that_cannot_be_copied_is_named_as_such_in_the_note():
+    model = _charm_like()
+    model[0].lock = threading.Lock()
+    notes = " ".join(patch_model(model).winattn_report.notes)
+    assert "'0' (SwinTransformerBlock) not swapped at block level: the host could not be copied for the probe" in notes
