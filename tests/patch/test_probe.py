@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 from torch import nn
 
-from tests.patch.standins import SwinTransformerBlock
+from tests.patch.standins import RollThenPadBlock, SwinTransformerBlock
 from winattn import patch_model
 from winattn.patch.hosts.swin_block import SwappedSwinBlock
 
@@ -71,3 +72,28 @@ def test_host_that_cannot_be_copied_is_named_as_such_in_the_note():
     model[0].lock = threading.Lock()
     notes = " ".join(patch_model(model).winattn_report.notes)
     assert "'0' (SwinTransformerBlock) not swapped at block level: the host could not be copied for the probe" in notes
+
+
+def test_meta_model_is_swapped_unprobed_and_matches_once_loaded():
+    models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    real = models.swin_t(weights=None).eval()
+    with torch.device("meta"):
+        meta = models.swin_t(weights=None)
+    patch_model(meta, mode="swap")
+    entries = meta.winattn_report.entries
+    assert len(entries) == 12 and all(e.level == "block" and "not probed: meta tensors" in e.note for e in entries)
+    meta.to_empty(device="cpu").load_state_dict(real.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(meta.eval()(x), real(x), atol=1e-5, rtol=0)
+
+
+def test_nothing_swapped_names_the_refused_hosts_without_calling_them_swappable():
+    torch.manual_seed(0)
+    model = nn.Sequential(RollThenPadBlock(16, (10, 13), 2, window_size=4, shift_size=2)).eval()
+    with pytest.raises(ValueError, match="found nothing it could patch") as info:
+        patch_model(model, mode="swap")
+    message = str(info.value)
+    assert "1 module(s) of a known host family, none of which could be swapped: '0' (RollThenPadBlock)" in message
+    assert "swappable module" not in message

@@ -200,7 +200,7 @@ def _patch(model: nn.Module, mode: str, opts: Options) -> nn.Module:
     if do_insert:
         plan_insert(plan, transforms, opts)
     if not plan:
-        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign + left))
+        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign, left))
     plan.apply()
     if do_insert:
         problem = verify(model, plan)
@@ -230,7 +230,7 @@ def _foreign_only(model: nn.Module, foreign: list[str]) -> str:
 
 
 def _nothing_found(
-    model: nn.Module, mode: str, hosts: list, attention_blocks: list[str], foreign: list[str]
+    model: nn.Module, mode: str, hosts: list, attention_blocks: list[str], foreign: list[str], left: list[str]
 ) -> str:
     _, rejected = find_transforms(model)
     found = "; ".join(f"{p}: {why}" for p, why in list(rejected.items())[:6]) or "none"
@@ -241,9 +241,15 @@ def _nothing_found(
     }
     wanted = list(looked.values()) if mode == "auto" else [looked[mode]]
     other = ", ".join(foreign[:6]) or "none"
+    refused = (
+        f"{len(hosts)} module(s) of a known host family, none of which could be swapped: "
+        f"{'; '.join(n.rstrip('.') for n in left[:3])}{f' and {len(left) - 3} more' if len(left) > 3 else ''}"
+        if left
+        else f"{len(hosts)} swappable module(s)"
+    )
     return (
-        f"patch_model(mode={mode!r}) found nothing to patch in {type(model).__name__}. Looked for: "
-        f"{', '.join(wanted)}. Found: {len(hosts)} swappable module(s), "
+        f"patch_model(mode={mode!r}) found nothing it could patch in {type(model).__name__}. Looked for: "
+        f"{', '.join(wanted)}. Found: {refused}; "
         f"{len(attention_blocks)} AttentionBlock(s), attention winattn cannot swap: {other}; "
         f"nn.Sequential that are not transforms: {found}."
     )

@@ -9,11 +9,16 @@ checks that the swap computes what the host computes; the backends themselves ar
 against the reference elsewhere, and on CUDA agree with it within their own tolerances. The maps need padding where the host pads and are
 larger than the window, so the shift applies. The swap is kept only where every map the host
 accepts gives outputs within `ATOL`; the largest difference is recorded (0.0: bit-exact).
+
+A module whose parameters or buffers are on the meta device holds no values to run, and its
+buffers (relative position index, attention mask) cannot be recomputed for every host family
+alike; it is not probed, and the report's entry says so ("not probed: meta tensors").
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +38,12 @@ ATOL = 1e-5
 @dataclass(frozen=True)
 class ProbeResult:
     """`max_delta`: the largest difference seen (None if nothing ran); `problem`: why the swap
-    fails the check, or None when it passes."""
+    fails the check, or None when it passes; `skipped`: why nothing ran although the swap is
+    kept (a module on the meta device), or None."""
 
     max_delta: float | None
     problem: str | None
+    skipped: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,6 +89,8 @@ def probe_swap(
         channels: channels of the maps `(B, H, W, C)`.
         window: `(Wh, Ww)` of `m`.
     """
+    if any(t.is_meta for t in itertools.chain(m.parameters(), m.buffers())):
+        return ProbeResult(None, None, "not probed: meta tensors")
     call = getattr(host, "probe_call", _default_call)
     sizes = getattr(host, "probe_sizes", _default_sizes)(m, window)
     try:

@@ -168,7 +168,12 @@ def plan_swap(plan: Plan, model: nn.Module, opts: Options) -> list[str]:
                 f"forward hooks on {full + '.attn'!r} no longer fire: the swapped block runs its "
                 f"attention in one call; register them on {full!r} (its hooks are kept)."
             )
-        exact = "bit-exact on the probe" if result.max_delta == 0 else f"within {result.max_delta:.1g} on the probe"
+        if result.skipped is not None:
+            exact = result.skipped
+        elif result.max_delta == 0:
+            exact = "bit-exact on the probe"
+        else:
+            exact = f"within {result.max_delta:.1g} on the probe"
         entry = PatchEntry(
             full,
             "swap",
