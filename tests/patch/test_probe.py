@@ -12,7 +12,8 @@ from torch import nn
 
 from tests.patch.standins import RollThenPadBlock, SwinTransformerBlock
 from winattn import patch_model
-from winattn.patch.hosts.swin_block import SwappedSwinBlock
+from winattn.patch.hosts.swin_block import SwappedSwinBlock, SwinBlock
+from winattn.patch.probe import ATOL, probe_swap
 
 
 def _charm_like() -> nn.Sequential:
@@ -97,3 +98,20 @@ def test_nothing_swapped_names_the_refused_hosts_without_calling_them_swappable(
     message = str(info.value)
     assert "1 module(s) of a known host family, none of which could be swapped: '0' (RollThenPadBlock)" in message
     assert "swappable module" not in message
+
+
+def test_swap_with_large_outputs_passes_the_relative_bound():
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    torch.manual_seed(0)
+    block = swin.SwinTransformerBlockV2(dim=512, num_heads=16, window_size=[8, 8], shift_size=[4, 4]).eval()
+    for norm in (block.norm1, block.norm2):
+        nn.init.constant_(norm.weight, 4.0)
+    model = patch_model(nn.Sequential(block), mode="swap")
+    assert [e.path for e in model.winattn_report.entries] == ["0"]
+
+
+def test_block_that_computes_something_else_is_refused_by_far():
+    torch.manual_seed(0)
+    block = RollThenPadBlock(16, (10, 13), 2, window_size=4, shift_size=2).eval()
+    result = probe_swap(SwinBlock(), block, lambda m: SwinBlock().build(m, "0", None, None).module, 16, (4, 4))
+    assert not result.ok and result.max_delta > 100 * ATOL
