@@ -12,6 +12,7 @@ from torch import nn
 
 from tests.patch.standins import RollThenPadBlock, SwinTransformerBlock
 from winattn import patch_model
+from winattn.patch import swap
 from winattn.patch.hosts.swin_block import SwappedSwinBlock, SwinBlock
 from winattn.patch.probe import ATOL, probe_swap
 
@@ -115,3 +116,60 @@ def test_block_that_computes_something_else_is_refused_by_far():
     block = RollThenPadBlock(16, (10, 13), 2, window_size=4, shift_size=2).eval()
     result = probe_swap(SwinBlock(), block, lambda m: SwinBlock().build(m, "0", None, None).module, 16, (4, 4))
     assert not result.ok and result.max_delta > 100 * ATOL
+
+
+def _four_blocks() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(*(SwinTransformerBlock(16, (10, 13), 2, window_size=4, shift_size=s) for s in (0, 2, 0, 2))).eval()
+
+
+@pytest.fixture
+def probed(monkeypatch: pytest.MonkeyPatch) -> list[nn.Module]:
+    """The host modules the probe runs, in order."""
+    seen: list[nn.Module] = []
+
+    def counting_probe(host, m, *args):
+        seen.append(m)
+        return probe_swap(host, m, *args)
+
+    monkeypatch.setattr(swap, "probe_swap", counting_probe)
+    return seen
+
+
+def test_blocks_of_the_same_structure_are_probed_once(probed):
+    model = _four_blocks()
+    blocks = list(model)
+    patch_model(model)
+    assert probed == blocks[:2]
+    notes = [e.note for e in model.winattn_report.entries]
+    assert "'0' (same structure; probed on that module's weights)" in notes[2]
+    assert "'1' (same structure; probed on that module's weights)" in notes[3]
+
+
+def test_block_with_another_norm_is_probed_on_its_own(probed):
+    model = _four_blocks()
+    model[2].norm1.eps = 1e-3
+    patch_model(model)
+    assert len(probed) == 3
+
+
+class _CountingMlp(nn.Module):
+    calls = 0
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.inner = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        return self.inner(x)
+
+
+def test_probe_neither_copies_nor_runs_a_reused_mlp():
+    model = _charm_like()
+    for block in model:
+        block.mlp = _CountingMlp(block.mlp)
+    _CountingMlp.calls = 0
+    patch_model(model)
+    assert _CountingMlp.calls == 0
+    assert [e.path for e in model.winattn_report.entries] == ["0", "1"]
