@@ -4,16 +4,20 @@ hooks, later swaps next to winattn modules, and notes that name attention classe
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
 import torch
 from torch import nn
 
+import winattn.patch
 from tests.patch.standins import CausalAttentionModule
 from winattn import patch_model
 from winattn.modules import WindowAttentionBlock
+from winattn.patch import _LOCKS, _lock_of
 from winattn.patch.hosts.timm import SwappedTimmSwinBlock
+from winattn.patch.swap import plan_swap
 
 swin = pytest.importorskip("timm.models.swin_transformer")
 
@@ -26,12 +30,21 @@ def _timm(size: tuple[int, int] = (8, 8)) -> nn.Sequential:
     return nn.Sequential(*blocks).eval()
 
 
-def test_two_threads_patching_one_model_leave_it_fully_patched_once():
+def test_two_threads_patching_one_model_plan_it_once(monkeypatch):
     model = _timm()
-    barrier, errors = threading.Barrier(2), []
+    overlap, planned, errors = threading.Barrier(2, timeout=1.0), [], []
+
+    def slow_plan_swap(plan, m, opts):
+        planned.append(threading.current_thread().name)
+        try:
+            overlap.wait()  # without the lock, both threads are planning here at once
+        except threading.BrokenBarrierError:
+            pass  # with it, the other thread waits outside and this times out
+        return plan_swap(plan, m, opts)
+
+    monkeypatch.setattr(winattn.patch, "plan_swap", slow_plan_swap)
 
     def patch() -> None:
-        barrier.wait()
         try:
             patch_model(model)
         except Exception as exc:  # noqa: BLE001 (collected for the assertion)
@@ -43,8 +56,45 @@ def test_two_threads_patching_one_model_leave_it_fully_patched_once():
     for t in threads:
         t.join()
     assert errors == []
+    assert len(planned) == 1
     assert all(isinstance(block, SwappedTimmSwinBlock) for block in model)
-    assert [e.path for e in model.winattn_report.entries] == ["0", "1"]
+    report = model.winattn_report
+    assert [e.path for e in report.entries] == ["0", "1"]
+    assert any(note.startswith("already patched") for note in report.notes)
+
+
+class _Unhashable(nn.Sequential):
+    def __eq__(self, other: object) -> bool:  # defining __eq__ alone makes instances unhashable
+        return self is other
+
+
+class _EqualByValue(nn.Sequential):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _EqualByValue)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def test_model_that_is_not_hashable_gets_a_lock_and_a_clear_error():
+    model = _Unhashable(*_timm())
+    assert isinstance(_lock_of(model), type(threading.Lock()))
+    with pytest.raises(TypeError, match=r"defines __eq__ without __hash__.*__hash__ = nn.Module.__hash__"):
+        patch_model(model)
+    assert not hasattr(model, "winattn_report")
+
+
+def test_models_that_compare_equal_get_a_lock_each():
+    assert _lock_of(_EqualByValue(*_timm())) is not _lock_of(_EqualByValue(*_timm()))
+
+
+def test_a_models_lock_goes_with_the_model():
+    model = _timm()
+    key = id(model)
+    _lock_of(model)
+    del model
+    gc.collect()
+    assert key not in _LOCKS
 
 
 def test_timm_set_input_size_works_on_swapped_block():

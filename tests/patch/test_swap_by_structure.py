@@ -4,8 +4,6 @@ confirms the outputs; what does not fit is left as it is and named in the report
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -57,12 +55,22 @@ def test_block_that_rolls_before_padding_fails_the_probe_and_is_left_as_it_is():
 
 def test_probe_leaves_the_model_unchanged():
     model = _charm_like().train()
+    model(torch.randn(1, 10 * 13, 16)).sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    fired = []
+    model[0].register_forward_hook(lambda *args: fired.append("block"))
+    model[0].register_forward_pre_hook(lambda *args: fired.append("pre"))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     patch_model(model)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(m.training for m in model.modules())
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(p.grad, grads[k]) for k, p in model.named_parameters())
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert fired == []
+    model(torch.randn(1, 10 * 13, 16))
+    assert fired == ["pre", "block"]
 
 
 def test_tic_like_model_swaps_its_swin_blocks_and_leaves_its_causal_attention():
@@ -105,16 +113,29 @@ def test_window_level_fallback_is_not_taken_where_it_would_be_slower():
     assert "window-level swap would be slower than its own attention on the CPU" in notes
 
 
+def _one_head(shift: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    return SwinTransformerBlock(16, (10, 13), 1, window_size=4, shift_size=shift).eval()
+
+
 def test_probe_reports_a_bit_exact_swap_as_zero_difference():
-    block = _charm_like()[1]
-    result = probe_swap(SwinBlock(), block, copy.deepcopy, 16, (4, 4))
+    def build(m: nn.Module) -> nn.Module:
+        return SwinBlock().build(m, "0", None, None).module
+
+    result = probe_swap(SwinBlock(), _one_head(), build, 16, (4, 4))
     assert result.ok and result.max_delta == 0.0
 
 
-def test_report_says_whether_a_swap_is_bit_exact():
-    entry = patch_model(_charm_like()).winattn_report.entries[1]
-    assert entry.bit_exact == (entry.max_delta == 0.0)
-    assert ("bit-exact on the probe" in entry.note) == entry.bit_exact
+def test_swap_reported_bit_exact_gives_equal_outputs_on_other_inputs():
+    model = nn.Sequential(_one_head(0), _one_head(2))
+    x = torch.randn(3, 10 * 13, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = model(x)
+        entries = patch_model(model).winattn_report.entries
+        actual = model(x)
+    assert [e.bit_exact for e in entries] == [True, True]
+    assert all("bit-exact on the probe" in e.note for e in entries)
+    assert torch.equal(actual, expected)
 
 
 def test_block_that_fails_the_probe_falls_back_to_window_level_where_that_pays(monkeypatch):

@@ -71,6 +71,12 @@ def _check_options(
             f"patch_model expects a torch.nn.Module, got model={type(model).__name__} "
             f"({model!r:.60}); pass the model instance, e.g. patch_model(bmshj2018_hyperprior(3))."
         )
+    if type(model).__hash__ is None:
+        raise TypeError(
+            f"patch_model cannot walk {type(model).__name__}: it defines __eq__ without __hash__, "
+            f"and torch's named_modules() keeps the modules it has seen in a set. Add "
+            f"`__hash__ = nn.Module.__hash__` to the class (identity hashing, as nn.Module has)."
+        )
     if mode not in MODES:
         raise ValueError(f"unknown mode={mode!r}; use one of {MODES}.")
     if init not in INITS:
@@ -152,14 +158,22 @@ def patch_model(
         return _patch(model, mode, opts)
 
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+#: One lock per live model, keyed by `id(model)`: a model need not be hashable, and models whose
+#: `__eq__`/`__hash__` compare values do not share a lock. The entry goes when the model does.
+_LOCKS: dict[int, threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()
 
 
 def _lock_of(model: nn.Module) -> threading.Lock:
     """The lock that serialises `patch_model` calls on `model` (one per model)."""
+    key = id(model)
     with _LOCKS_LOCK:
-        return _LOCKS.setdefault(model, threading.Lock())
+        lock = _LOCKS.get(key)
+        if lock is None:
+            lock = _LOCKS[key] = threading.Lock()
+            # runs when the model is collected, before its id can be reused
+            weakref.finalize(model, _LOCKS.pop, key, None)
+        return lock
 
 
 def _patch(model: nn.Module, mode: str, opts: Options) -> nn.Module:
@@ -200,7 +214,7 @@ def _patch(model: nn.Module, mode: str, opts: Options) -> nn.Module:
     if do_insert:
         plan_insert(plan, transforms, opts)
     if not plan:
-        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign + left))
+        raise ValueError(_nothing_found(model, mode, hosts, attention_blocks, foreign, left))
     plan.apply()
     if do_insert:
         problem = verify(model, plan)
@@ -230,7 +244,7 @@ def _foreign_only(model: nn.Module, foreign: list[str]) -> str:
 
 
 def _nothing_found(
-    model: nn.Module, mode: str, hosts: list, attention_blocks: list[str], foreign: list[str]
+    model: nn.Module, mode: str, hosts: list, attention_blocks: list[str], foreign: list[str], left: list[str]
 ) -> str:
     _, rejected = find_transforms(model)
     found = "; ".join(f"{p}: {why}" for p, why in list(rejected.items())[:6]) or "none"
@@ -241,9 +255,15 @@ def _nothing_found(
     }
     wanted = list(looked.values()) if mode == "auto" else [looked[mode]]
     other = ", ".join(foreign[:6]) or "none"
+    refused = (
+        f"{len(hosts)} module(s) of a known host family, none of which could be swapped: "
+        f"{'; '.join(n.rstrip('.') for n in left[:3])}{f' and {len(left) - 3} more' if len(left) > 3 else ''}"
+        if left
+        else f"{len(hosts)} swappable module(s)"
+    )
     return (
-        f"patch_model(mode={mode!r}) found nothing to patch in {type(model).__name__}. Looked for: "
-        f"{', '.join(wanted)}. Found: {len(hosts)} swappable module(s), "
+        f"patch_model(mode={mode!r}) found nothing it could patch in {type(model).__name__}. Looked for: "
+        f"{', '.join(wanted)}. Found: {refused}; "
         f"{len(attention_blocks)} AttentionBlock(s), attention winattn cannot swap: {other}; "
         f"nn.Sequential that are not transforms: {found}."
     )

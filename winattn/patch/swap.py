@@ -15,8 +15,10 @@ refuse to change the architecture of a model that already has attention of its o
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 from torch import nn
 
@@ -94,10 +96,48 @@ def _window_level_pays(attn: nn.Module) -> bool:
     return any(p.is_cuda for p in attn.parameters())
 
 
+#: The probe's verdicts of one `plan_swap` call, by structure (see `_structure`), with the path
+#: of the module that was probed.
+Verdicts = dict[tuple, tuple[ProbeResult, str]]
+
+_PLAIN = (bool, int, float, str, tuple, list, type(None))
+#: Dropout and stochastic depth: the identity in eval mode, where the probe runs, so their rates
+#: (timm's and torchvision's grow block by block) do not set a block's structure apart.
+_DROP = re.compile(r"drop|stochastic", re.IGNORECASE)
+
+
+def _structure(host: Host, m: nn.Module, swap: Swap) -> tuple:
+    """What decides the probe's verdict on `m`, short of its weights: the adapter, the classes
+    and `extra_repr` of `m` and its submodules (norm epsilons, activations, ...; dropout rates
+    aside), the names,
+    shapes and dtypes of its parameters and buffers, its plain attributes (`input_resolution`,
+    calling convention, ...), and the swap's geometry."""
+    tensors = itertools.chain(m.named_parameters(), m.named_buffers())
+    return (
+        type(host),
+        swap.level,
+        swap.channels,
+        swap.window_size,
+        swap.shift_size,
+        swap.note,
+        getattr(swap.module, "num_heads", None),
+        tuple((type(s), "" if _DROP.search(type(s).__name__) else s.extra_repr()) for s in m.modules()),
+        tuple((name, tuple(t.shape), t.dtype, t.device.type) for name, t in tensors),
+        tuple(
+            sorted(
+                (k, repr(v))
+                for k, v in vars(m).items()
+                if not k.startswith("_") and k != "training" and not _DROP.search(k) and isinstance(v, _PLAIN)
+            )
+        ),
+    )
+
+
 def _checked(
-    host: Host, m: nn.Module, path: str, opts: Options, shift: Pair
+    host: Host, m: nn.Module, path: str, opts: Options, shift: Pair, verdicts: Verdicts
 ) -> tuple[Swap, ProbeResult]:
-    """Builds the swap of `m` and probes it. Raises `ValueError` where it cannot be built."""
+    """Builds the swap of `m` and probes it, or reuses the verdict on a module of the same
+    structure (probed on that module's weights). Raises `ValueError` where it cannot be built."""
 
     def build(module: nn.Module, backend: str | None) -> Swap:
         if isinstance(host, SwinV1Attention):  # window level: the shift is the calling block's
@@ -105,18 +145,24 @@ def _checked(
         return host.build(module, path, opts.window_size, backend)
 
     swap = build(m, opts.backend)
+    key = _structure(host, m, swap)
+    if key in verdicts:
+        result, probed = verdicts[key]
+        problem = result.problem and f"{result.problem} (probed on {probed!r}, of the same structure)"
+        return swap, replace(result, problem=problem, representative=probed)
     result = probe_swap(host, m, lambda module: build(module, None).module, swap.channels, swap.window_size)
+    verdicts[key] = result, path
     return swap, result
 
 
 def _window_level(
-    m: nn.Module, path: str, opts: Options, shift: Pair
+    m: nn.Module, path: str, opts: Options, shift: Pair, verdicts: Verdicts
 ) -> tuple[Swap | None, ProbeResult | None, str]:
     """The window-level swap of the Swin-v1 attention `m`, or None and why not."""
     if not _window_level_pays(m):
         return None, None, "a window-level swap would be slower than its own attention on the CPU"
     host = SwinV1Attention()
-    swap, result = _checked(host, m, path, opts, shift)
+    swap, result = _checked(host, m, path, opts, shift, verdicts)
     return (swap, result, "") if result.ok else (None, result, f"window level: {result.problem}")
 
 
@@ -125,12 +171,15 @@ def plan_swap(plan: Plan, model: nn.Module, opts: Options) -> list[str]:
 
     A host module whose swap cannot be built or fails the probe (`winattn.patch.probe`) is left
     as it is (or, for a block, its attention is swapped at window level where that pays off),
-    and the returned notes say which and why.
+    and the returned notes say which and why. Modules of the same structure (`_structure`: the
+    same adapter, classes, shapes, geometry and calling convention) are probed once, on the
+    weights of the first of them; the others reuse its verdict, and their notes say so.
 
     Raises:
         ValueError: an explicit `window_size` that a host module's weights do not fit.
     """
     notes: list[str] = []
+    verdicts: Verdicts = {}
     for path, parent, key, child, host in find_hosts(model):
         full = f"{path}.{key}" if path else key
         what = f"{full!r} ({type(child).__qualname__})"
@@ -144,7 +193,7 @@ def plan_swap(plan: Plan, model: nn.Module, opts: Options) -> list[str]:
                     f"attention on the CPU (its block is of no family winattn can swap whole)."
                 )
                 continue
-            swap, result = _checked(host, child, full, opts, _shift_of(parent))
+            swap, result = _checked(host, child, full, opts, _shift_of(parent), verdicts)
         except ValueError as exc:
             if opts.window_size is not None:
                 raise
@@ -157,7 +206,7 @@ def plan_swap(plan: Plan, model: nn.Module, opts: Options) -> list[str]:
             if window_level or not is_swin_v1_attention(attn):
                 notes.append(f"{what} left as it is: {result.problem}")
                 continue
-            swap, result, problem = _window_level(attn, f"{full}.attn", opts, _shift_of(child))
+            swap, result, problem = _window_level(attn, f"{full}.attn", opts, _shift_of(child), verdicts)
             if swap is None:
                 notes.append(f"{why}; left as it is ({problem})")
                 continue
@@ -168,7 +217,14 @@ def plan_swap(plan: Plan, model: nn.Module, opts: Options) -> list[str]:
                 f"forward hooks on {full + '.attn'!r} no longer fire: the swapped block runs its "
                 f"attention in one call; register them on {full!r} (its hooks are kept)."
             )
-        exact = "bit-exact on the probe" if result.max_delta == 0 else f"within {result.max_delta:.1g} on the probe"
+        if result.skipped is not None:
+            exact = result.skipped
+        elif result.max_delta == 0:
+            exact = "bit-exact on the probe"
+        else:
+            exact = f"within {result.max_delta:.1g} on the probe"
+        if result.representative is not None and result.skipped is None:
+            exact += f" of {result.representative!r} (same structure; probed on that module's weights)"
         entry = PatchEntry(
             full,
             "swap",

@@ -149,7 +149,10 @@ class HostIndexLayout:
         ours = self.relative_position_index
         if key in state_dict and ours is not None:
             given = state_dict[key]
-            if given.numel() != ours.numel() or not torch.equal(given.reshape(-1).cpu().long(), ours.reshape(-1).cpu().long()):
+            # checked against the index of the window, not the buffer: after `to_empty` (a model
+            # built on the meta device) the buffer holds no index until this load fills it
+            expected = relative_position_index(self.window_size).reshape(-1)  # (N * N,)
+            if given.numel() != expected.numel() or not torch.equal(given.reshape(-1).cpu().long(), expected):
                 raise ValueError(
                     f"{key} in the checkpoint (shape {tuple(given.shape)}) is not the index of "
                     f"this module's window {self.window_size}; build it with the checkpoint's window."
