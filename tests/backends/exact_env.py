@@ -78,7 +78,10 @@ def model_output() -> torch.Tensor:
 def main(path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     with torch.no_grad():
-        torch.save({"attention": attention_output(), "model": model_output()}, path)
+        outputs = {"attention": attention_output(), "model": model_output()}
+    outputs["capability"] = torch.backends.cpu.get_cpu_capability()
+    outputs["threads"] = torch.get_num_threads()
+    torch.save(outputs, path)
 
 
 if __name__ == "__main__":

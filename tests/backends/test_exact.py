@@ -4,6 +4,7 @@ the reference and bit-identical across instruction sets, thread counts and batch
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 
 from tests.backends.exact_env import ChannelContext
 from tests.strategies import Problem, seeded
-from winattn.backends import AttentionCall, BackendUnavailableError, explain, select_backend
+from winattn.backends import AttentionCall, BackendUnavailableError, exact, explain, select_backend
 from winattn.backends.exact import error_bound, exact_window_attention, exp_tables
 from winattn.backends.reference import reference_window_attention
 from winattn.functional import window_attention
@@ -94,6 +95,13 @@ def test_a_window_gives_the_same_bits_alone_and_inside_a_batch_and_map():
     assert torch.equal(window, whole[1:2, 4:8, 8:12])
 
 
+def test_elementwise_integer_matmul_of_other_devices_gives_the_cpu_matmul_bits(monkeypatch):
+    call = _call(*CASES["shifted-dense-7x7"], torch.float32)
+    cpu = exact_window_attention(call)
+    monkeypatch.setattr(exact, "int_matmul", functools.partial(exact.int_matmul, elementwise=True))
+    assert torch.equal(exact_window_attention(call), cpu)
+
+
 def test_exp_tables_are_the_same_integers_everywhere():
     """The tables are part of the format: a change would change every decoded bit."""
     hi, lo, log2e = exp_tables()
@@ -105,11 +113,12 @@ def test_exp_tables_are_the_same_integers_everywhere():
 
 @pytest.fixture(scope="module")
 def environment_outputs(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
-    """`tests.backends.exact_env` run under different instruction sets and thread counts."""
+    """`tests.backends.exact_env` run under different instruction sets and thread counts
+    (native: `ATEN_CPU_CAPABILITY` unset, the best the CPU has)."""
     runs = {
-        "avx-default,1-thread": ({}, 1),
+        "isa-native,1-thread": ({}, 1),
         "isa-default,1-thread": ({"ATEN_CPU_CAPABILITY": "default"}, 1),
-        "avx-default,2-threads": ({}, 2),
+        "isa-native,2-threads": ({}, 2),
     }
     outputs = {}
     for name, (extra, threads) in runs.items():
@@ -122,6 +131,12 @@ def environment_outputs(tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
         )
         outputs[name] = torch.load(path)
     return outputs
+
+
+def test_the_environments_differ_as_asked(environment_outputs):
+    settings = {name: (out["capability"], out["threads"]) for name, out in environment_outputs.items()}
+    assert settings["isa-default,1-thread"] == ("DEFAULT", 1)
+    assert settings["isa-native,2-threads"][1] == 2
 
 
 @pytest.mark.parametrize("what", ["attention", "model"])

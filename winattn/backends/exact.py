@@ -63,6 +63,7 @@ __all__ = [
     "error_bound",
     "exact_window_attention",
     "exp_tables",
+    "int_matmul",
 ]
 
 #: Fractional bits of `q * scale` and `k`; both saturate at `+-QK_RANGE`.
@@ -136,11 +137,15 @@ def _shift_round(x: Tensor, bits: int) -> Tensor:
     return torch.div(x + (1 << (bits - 1)), 1 << bits, rounding_mode="floor")
 
 
-def _int_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """`a @ b` for int64 `(..., n, k)` and `(..., k, m)`. The CPU has an int64 matmul; CUDA
-    does not, so elsewhere it is an elementwise product and an int64 sum. Integer sums are
-    exact, so both give the same bits."""
-    if a.device.type == "cpu":
+def int_matmul(a: Tensor, b: Tensor, *, elementwise: bool | None = None) -> Tensor:
+    """`a @ b` for int64 `(..., n, k)` and `(..., k, m)`.
+
+    The CPU has an int64 matmul; CUDA does not, so elsewhere (or with `elementwise=True`) it
+    is an elementwise product and an int64 sum. Integer sums are exact, so both give the same
+    bits."""
+    if elementwise is None:
+        elementwise = a.device.type != "cpu"
+    if not elementwise:
         return a @ b
     return (a[..., :, :, None] * b[..., None, :, :]).sum(dim=-2)  # (..., n, k, m) -> (..., n, m)
 
@@ -174,7 +179,7 @@ def exact_window_attention(call: AttentionCall) -> Tensor:
     qi = _quantise(q.to(torch.float64) * call.scale, QK_FRAC, QK_RANGE)  # (B*nW, heads, N, d)
     ki = _quantise(k, QK_FRAC, QK_RANGE)
     vi = _quantise(v, V_FRAC, V_RANGE)
-    logits = _int_matmul(qi, ki.transpose(-2, -1))  # (B*nW, heads, N, N), 2 * QK_FRAC bits
+    logits = int_matmul(qi, ki.transpose(-2, -1))  # (B*nW, heads, N, N), 2 * QK_FRAC bits
     logits = _shift_round(logits, 2 * QK_FRAC - LOGIT_FRAC)  # LOGIT_FRAC bits
     bias = call.dense_bias()
     if bias is not None:
@@ -187,7 +192,7 @@ def exact_window_attention(call: AttentionCall) -> Tensor:
         logits = rearrange(logits, "b nw heads n m -> (b nw) heads n m")
 
     weights = _int_softmax(logits)  # (B*nW, heads, N, N), Q0.30
-    out = _int_matmul(weights, vi)  # (B*nW, heads, N, d), PROB_FRAC + V_FRAC bits
+    out = int_matmul(weights, vi)  # (B*nW, heads, N, d), PROB_FRAC + V_FRAC bits
     out = _shift_round(out, PROB_FRAC + V_FRAC - OUT_FRAC)  # |out| < 2**37: exact in float64
     out = (out.to(torch.float64) * 2.0**-OUT_FRAC).to(qkv.dtype)
 
