@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import example, given
 
 from tests.backends.exact_env import ChannelContext
-from tests.strategies import Problem, seeded
+from tests.strategies import Problem, problems, seeded
 from winattn.backends import AttentionCall, BackendUnavailableError, exact, explain, select_backend
 from winattn.backends.exact import error_bound, exact_window_attention, exp_tables
 from winattn.backends.reference import reference_window_attention
@@ -70,6 +71,17 @@ def test_matches_reference_within_the_quantisation_bound(case, dtype):
     tolerance = error_bound(_as_float64(call)) + torch.finfo(dtype).eps * reference.abs()
     assert exact.dtype == dtype
     assert ((exact.double() - reference).abs() <= tolerance).all()
+
+
+@given(problem=problems())
+@example(problem=Problem(2, 10, 17, 2, 3, (7, 7), (3, 3)))
+@example(problem=Problem(1, 9, 6, 3, 5, (4, 7), (2, 3)))
+def test_matches_reference_within_the_bound_over_drawn_problems(problem):
+    for bias in (None, "table", "dense"):
+        call = _call(problem, bias, torch.float32, seed=3)
+        reference = reference_window_attention(_as_float64(call))
+        tolerance = error_bound(_as_float64(call)) + torch.finfo(torch.float32).eps * reference.abs()
+        assert ((exact_window_attention(call).double() - reference).abs() <= tolerance).all()
 
 
 def test_error_bound_is_small_for_codec_sized_inputs():
