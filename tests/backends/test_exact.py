@@ -96,6 +96,13 @@ def test_saturates_outside_the_documented_range():
     assert torch.equal(out, torch.full_like(out, 4096.0))
 
 
+def test_nan_inputs_count_as_zero():
+    qkv = torch.randn(1, 4, 4, 12)
+    zeroed = qkv.clone()
+    qkv[0, 1, 2, 5], zeroed[0, 1, 2, 5] = float("nan"), 0.0
+    assert torch.equal(window_attention(qkv, 1, 2, backend="exact"), window_attention(zeroed, 1, 2, backend="exact"))
+
+
 def test_a_window_gives_the_same_bits_alone_and_inside_a_batch_and_map():
     call = _call(Problem(3, 8, 12, 2, 8, (4, 4), (0, 0)), "table", torch.float32)
     whole = window_attention(call.qkv, 2, 4, bias_table=call.bias_table, backend="exact")

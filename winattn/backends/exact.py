@@ -29,7 +29,8 @@ Fixed-point formats (`Qm.f`: `f` fractional bits, magnitudes saturate at `2**m`)
 
 Within the ranges the output is within `error_bound(call)` of the real-valued attention (see
 that function for the derivation); outside them the inputs saturate (the result is still
-bit-identical everywhere, but no longer close to the float attention). Rounding of shifts is
+bit-identical everywhere, but no longer close to the float attention). Infinities saturate
+too; a NaN input counts as 0 (converting NaN to an integer is not the same on every CPU). Rounding of shifts is
 half up (`floor(x / 2**k + 1/2)`), which is exact in integers.
 """
 
@@ -129,7 +130,9 @@ def _quantise(x: Tensor, frac: int, limit: float) -> Tensor:
     float64 holds every float16, bfloat16 and float32 value exactly, and the product by a
     power of two is exact, so the only rounding is `torch.round`'s, the same everywhere."""
     bound = limit * 2.0**frac
-    return torch.round(x.to(torch.float64) * 2.0**frac).clamp(-bound, bound).to(torch.int64)
+    # NaN would convert to an integer that differs between CPUs (x86 and Arm disagree): as 0
+    x = torch.nan_to_num(x.to(torch.float64), nan=0.0)
+    return torch.round(x * 2.0**frac).clamp(-bound, bound).to(torch.int64)
 
 
 def _shift_round(x: Tensor, bits: int) -> Tensor:
