@@ -30,8 +30,12 @@ Fixed-point formats (`Qm.f`: `f` fractional bits, magnitudes saturate at `2**m`)
 Within the ranges the output is within `error_bound(call)` of the real-valued attention (see
 that function for the derivation); outside them the inputs saturate (the result is still
 bit-identical everywhere, but no longer close to the float attention). Infinities saturate
-too; a NaN input counts as 0 (converting NaN to an integer is not the same on every CPU). Rounding of shifts is
-half up (`floor(x / 2**k + 1/2)`), which is exact in integers.
+too; a NaN input counts as 0 (converting NaN to an integer is not the same on every CPU).
+Rounding of shifts is half up (`floor(x / 2**k + 1/2)`), which is exact in integers.
+
+The device independence holds by construction; the tests check it across CPU instruction sets,
+thread counts and batchings, and check that the int64 product-and-sum used off the CPU gives
+the CPU matmul's bits. No GPU run has been made yet.
 """
 
 from __future__ import annotations
