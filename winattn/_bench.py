@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -154,13 +155,21 @@ def _winattn_cases(
 
     cases = []
     reasons = backend_reasons(probe)  # name -> why it cannot run the probe (empty: it can)
+    # the same call with a table that requires grad: inference-only backends (exact) refuse it
+    # and are timed forward only
+    grad_reasons = backend_reasons(
+        dataclasses.replace(probe, bias_table=module.relative_position_bias_table)
+    )
     for name in sorted(reasons, key=lambda n: n != default):  # the default first
         if reasons[name]:
             skipped.append(Skipped(f"winattn:{name}", "; ".join(reasons[name])))
             continue
         backend = None if name == default else name  # the default runs the default path
         label = f"winattn:{name}" + (" (default)" if name == default else "")
-        cases.append(_module_case(label, lambda x, b=backend: module(x, backend=b), module, x))
+        case = _module_case(label, lambda x, b=backend: module(x, backend=b), module, x)
+        if grad_reasons[name]:
+            case = dataclasses.replace(case, forward_backward=None)
+        cases.append(case)
     return cases, skipped, (module, x)
 
 

@@ -167,8 +167,8 @@ def window_attention(
         pad_qkv: `(3 * C,)`, the qkv of a padding token. Padding is applied to the module's
             input, before the projection, so this is the projection's bias; `None` means zeros.
         dropout_p: dropout probability on the attention weights (pass 0 in eval mode).
-        backend: `"reference"`, `"sdpa"`, `"triton"` or `"auto"`; `None` uses the current
-            default (see `winattn.set_backend`).
+        backend: `"reference"`, `"sdpa"`, `"triton"`, `"exact"` (fixed point, bit-identical
+            on every machine; opt-in) or `"auto"`; `None` uses the current default (see `winattn.set_backend`).
         logit_scale: `(num_heads,)` or Swin-V2's `(num_heads, 1, 1)`: turns on Swin-V2's
             scaled cosine attention. q and k are L2-normalised per head and the logits are
             `cos(q, k) * exp(min(logit_scale, log(100)))`, then the bias and the mask are

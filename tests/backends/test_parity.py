@@ -23,7 +23,9 @@ from winattn.backends.reference import reference_window_attention
 from winattn.functional import window_attention
 from winattn.geometry import dense_bias
 
-BACKENDS = tuple(name for name in registered_backends() if name != "reference")
+#: The float backends. `exact` (fixed point, inference only) has its own tests against the
+#: reference, within its quantisation bound: tests/backends/test_exact.py.
+BACKENDS = tuple(name for name in registered_backends() if name not in ("reference", "exact"))
 
 #: The fixed cases every backend runs, small enough for Triton's interpreter. Each name says
 #: which path of the backends it takes.
@@ -147,7 +149,7 @@ def test_shift_on_one_axis_matches_reference_over_drawn_problems(backend, memory
 # --- half precision: logits beyond the dtype's range -----------------------------------------
 
 
-@pytest.mark.parametrize("backend", tuple(registered_backends()))
+@pytest.mark.parametrize("backend", ("reference", *BACKENDS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_half_precision_stays_finite_when_the_logits_overflow_the_dtype(backend, dtype, grad, monkeypatch):

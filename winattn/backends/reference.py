@@ -51,14 +51,14 @@ def unit(x: Tensor) -> Tensor:
     return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1).to(x.dtype)
 
 
-def reference_window_attention(call: AttentionCall) -> Tensor:
-    """The specification of `window_attention`. Returns `(B, H, W, C)`."""
-    qkv = call.qkv
-    b, h, w, _ = qkv.shape
-    (wh, ww), (sh, sw) = call.window_size, call.shift_size
-    hp, wp = call.padded
+def split_windows(call: AttentionCall) -> tuple[Tensor, Tensor, Tensor]:
+    """Steps 1 to 3: pads, shifts and cuts the call's qkv into windows and heads.
 
-    x = pad_map(qkv, (hp, wp), call.pad_qkv)  # (B, Hp, Wp, 3C)
+    Returns:
+        q, k, v: `(B * nW, heads, N, d)` each, in qkv's dtype.
+    """
+    (wh, ww), (sh, sw) = call.window_size, call.shift_size
+    x = pad_map(call.qkv, call.padded, call.pad_qkv)  # (B, Hp, Wp, 3C)
     if call.shifted:
         x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
     q, k, v = rearrange(
@@ -69,6 +69,33 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         three=3,
         heads=call.num_heads,
     )  # each (B*nW, heads, N, d)
+    return q, k, v
+
+
+def merge_windows(out: Tensor, call: AttentionCall) -> Tensor:
+    """Step 6: the inverse of `split_windows` for the output `(B * nW, heads, N, d)`.
+    Returns `(B, H, W, C)`."""
+    b, h, w, _ = call.qkv.shape
+    (wh, _), (sh, sw) = call.window_size, call.shift_size
+    out = rearrange(
+        out,
+        "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
+        b=b,
+        nh=call.padded[0] // wh,
+        wh=wh,
+    )  # (B, Hp, Wp, C)
+    if call.shifted:
+        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+    return out[:, :h, :w]
+
+
+def reference_window_attention(call: AttentionCall) -> Tensor:
+    """The specification of `window_attention`. Returns `(B, H, W, C)`."""
+    qkv = call.qkv
+    b = qkv.shape[0]
+    (wh, ww), (sh, sw) = call.window_size, call.shift_size
+    hp, wp = call.padded
+    q, k, v = split_windows(call)  # each (B*nW, heads, N, d)
 
     acc = torch.promote_types(qkv.dtype, torch.float32)
     if call.cosine:
@@ -91,16 +118,7 @@ def reference_window_attention(call: AttentionCall) -> Tensor:
         weights = F.dropout(weights, p=call.dropout_p, training=True)
     out = weights @ v  # (B*nW, heads, N, d)
 
-    out = rearrange(
-        out,
-        "(b nh nw) heads (wh ww) d -> b (nh wh) (nw ww) (heads d)",
-        b=b,
-        nh=hp // wh,
-        wh=wh,
-    )  # (B, Hp, Wp, C)
-    if call.shifted:
-        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
-    return out[:, :h, :w]
+    return merge_windows(out, call)  # (B, H, W, C)
 
 
 class ReferenceBackend(Backend):
