@@ -451,6 +451,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _threads(text: str) -> int:
+    """argparse type: a thread count of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"threads must be a whole number >= 1, got {text!r}; e.g. --threads 1 2 4")
+    return n
+
+
+def _perturbation(text: str) -> str:
+    """argparse type: `FRACTION:ULPS` with 0 < FRACTION <= 1 and ULPS a whole number >= 1."""
+    try:
+        fraction, ulps = text.split(":")
+        ok = 0.0 < float(fraction) <= 1.0 and int(ulps) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(
+            f"--perturb takes FRACTION:ULPS with 0 < FRACTION <= 1 and ULPS a whole number >= 1, "
+            f"got {text!r}; e.g. --perturb 0.01:1"
+        )
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -469,13 +495,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            help="LABEL=PATH of a Python with torch and compressai (repeatable)")
             q.add_argument("--capabilities", nargs="+", default=["native", "default"],
                            help="ATEN_CPU_CAPABILITY values; native = unset")
-            q.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
-            q.add_argument("--perturb", action="append", default=[],
+            q.add_argument("--threads", type=_threads, nargs="+", default=[1, 2, 4])
+            q.add_argument("--perturb", type=_perturbation, action="append", default=[],
                            help="FRACTION:ULPS of the controlled failure, e.g. 0.01:1")
             q.add_argument("--all-pairs", action="store_true")
             q.add_argument("--json", type=Path, default=None)
         else:
-            q.add_argument("--threads", type=int, required=True)
+            q.add_argument("--threads", type=_threads, required=True)
         if mode == "encode":
             q.add_argument("--folder", required=True)
         if mode == "decode":

@@ -111,3 +111,14 @@ def test_perturbed_decode_breaks_where_the_perturbed_scale_indexes_change(
     if fraction == 1.0 and ulps == 65536:  # every scale moved by 0.8%: some index must change
         assert all(expected)
         assert all(r["max_pixel_diff"] > 0 and r["psnr_drop"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [(["--threads", "0"], "'0'"), (["--perturb", "2:x"], "'2:x'"), (["--perturb", "0.5:0"], "'0.5:0'")],
+)
+def test_bad_thread_counts_and_perturbations_are_refused_before_any_work(args, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["run", *args])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
